@@ -1,0 +1,196 @@
+//! The broker seam: publish messages to named queues, consume them with leases, acknowledge.
+//!
+//! The required surface is small ([`Broker`] + [`Consumer`]); what only some engines can do is
+//! a capability trait reached through an accessor that returns `None` when absent.
+//!
+//! Priorities: **9 is the most urgent, 0 the least**, on every broker celeriac ships (the
+//! embedded store, and RabbitMQ's own order). Within one priority, first in, first out.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value};
+
+use crate::error::BrokerError;
+
+/// A message as a broker carries it: headers, properties and the body bytes, undecoded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RawMessage {
+    pub headers: Map<String, Value>,
+    pub properties: Map<String, Value>,
+    pub content_type: String,
+    pub content_encoding: String,
+    pub body: Vec<u8>,
+}
+
+impl RawMessage {
+    /// The task id, when the headers carry one (protocol 2).
+    pub fn task_id(&self) -> Option<&str> {
+        self.headers.get("id").and_then(Value::as_str)
+    }
+
+    /// The task name, when the headers carry one (protocol 2).
+    pub fn task_name(&self) -> Option<&str> {
+        self.headers.get("task").and_then(Value::as_str)
+    }
+}
+
+/// One message to publish.
+#[derive(Debug, Clone)]
+pub struct Publish {
+    /// Queue name (Celery routes ordinary tasks to the default exchange with routing key = queue).
+    pub queue: String,
+    /// 0..=9, 9 most urgent.
+    pub priority: u8,
+    /// Not delivered before this time (ETA / countdown). Brokers with delayed delivery keep the
+    /// message themselves; others deliver it at once and the worker holds it.
+    pub not_before: Option<DateTime<Utc>>,
+    pub message: RawMessage,
+}
+
+/// Opaque handle to one delivered message, used to ack or requeue it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DeliveryTag(pub String);
+
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub tag: DeliveryTag,
+    pub queue: String,
+    /// True when this message was delivered before and not acknowledged.
+    pub redelivered: bool,
+    pub message: RawMessage,
+}
+
+/// What to consume.
+#[derive(Debug, Clone)]
+pub struct ConsumerSpec {
+    pub queues: Vec<String>,
+    /// The worker's node name, recorded with leases for people reading queue state.
+    pub name: String,
+}
+
+/// The required broker surface.
+#[async_trait]
+pub trait Broker: Send + Sync + 'static {
+    /// The URL with any password hidden, for banners and logs.
+    fn display_url(&self) -> String;
+
+    /// Makes sure `queue` exists (a no-op for engines where queues are implicit).
+    async fn declare_queue(&self, queue: &str) -> Result<(), BrokerError>;
+
+    /// Returns once the broker has the message durably.
+    async fn publish(&self, message: Publish) -> Result<(), BrokerError>;
+
+    /// Publishes many messages at once; all or nothing where the engine allows.
+    async fn publish_batch(&self, messages: Vec<Publish>) -> Result<(), BrokerError> {
+        for m in messages {
+            self.publish(m).await?;
+        }
+        Ok(())
+    }
+
+    async fn consumer(&self, spec: ConsumerSpec) -> Result<Box<dyn Consumer>, BrokerError>;
+
+    /// True when messages with `not_before` stay in the broker until due.
+    fn delays_delivery(&self) -> bool {
+        false
+    }
+
+    fn purge(&self) -> Option<&dyn Purge> {
+        None
+    }
+    fn queue_stats(&self) -> Option<&dyn QueueStats> {
+        None
+    }
+    fn dead_letters(&self) -> Option<&dyn DeadLetters> {
+        None
+    }
+    fn revocations(&self) -> Option<&dyn Revocations> {
+        None
+    }
+}
+
+/// A consumer holds leases on the messages it fetched until it acks or requeues them. If its
+/// process dies, the leases lapse and the messages are delivered again; while it lives,
+/// [`Consumer::keepalive`] keeps them, however long a task runs.
+#[async_trait]
+pub trait Consumer: Send + Sync {
+    /// Up to `max` due messages, waiting up to `wait` for the first one.
+    async fn fetch(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>, BrokerError>;
+
+    /// Done with these messages: remove them.
+    async fn ack(&self, tags: &[DeliveryTag]) -> Result<(), BrokerError>;
+
+    /// Put these messages back, deliverable at once (shutdown, worker lost, reject+requeue).
+    async fn requeue(&self, tags: &[DeliveryTag]) -> Result<(), BrokerError>;
+
+    /// Move a message that cannot be run to the dead-letter queue with the reason.
+    /// Engines without one must keep the message somewhere a person can find it.
+    async fn dead_letter(&self, tag: &DeliveryTag, reason: &str) -> Result<(), BrokerError>;
+
+    /// Renews the leases of every message this consumer holds.
+    async fn keepalive(&self) -> Result<(), BrokerError>;
+
+    /// How often [`Consumer::keepalive`] must run for leases not to lapse.
+    fn keepalive_interval(&self) -> Duration;
+
+    /// Requeues everything still held and stops. Idempotent.
+    async fn close(&self) -> Result<(), BrokerError>;
+}
+
+#[async_trait]
+pub trait Purge: Send + Sync {
+    /// Removes every waiting message of `queue` (held and scheduled ones too); returns the count.
+    async fn purge(&self, queue: &str) -> Result<u64, BrokerError>;
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueLength {
+    pub queue: String,
+    /// Deliverable now.
+    pub ready: u64,
+    /// Waiting for their ETA.
+    pub scheduled: u64,
+    /// Delivered to a worker and not yet acknowledged.
+    pub unacked: u64,
+}
+
+#[async_trait]
+pub trait QueueStats: Send + Sync {
+    /// Lengths of the named queues, or of every known queue when `queues` is empty.
+    async fn queue_lengths(&self, queues: &[String]) -> Result<Vec<QueueLength>, BrokerError>;
+}
+
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub id: String,
+    pub queue: String,
+    pub reason: String,
+    pub at: DateTime<Utc>,
+    pub message: RawMessage,
+}
+
+#[async_trait]
+pub trait DeadLetters: Send + Sync {
+    async fn list_dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, BrokerError>;
+    /// Puts the given dead letters (all when `ids` is empty) back on their queues; returns the count.
+    async fn requeue_dead_letters(&self, ids: &[String]) -> Result<u64, BrokerError>;
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Revocation {
+    pub task_id: String,
+    /// Stop the task if it is running.
+    pub terminate: bool,
+    pub at: DateTime<Utc>,
+}
+
+/// Durable revokes: a revoked id never runs, on any worker, even after restarts.
+#[async_trait]
+pub trait Revocations: Send + Sync {
+    async fn revoke(&self, task_ids: &[String], terminate: bool) -> Result<(), BrokerError>;
+    async fn is_revoked(&self, task_id: &str) -> Result<bool, BrokerError>;
+    /// Revocations recorded after `cursor` (0 = all), and the cursor to pass next time.
+    async fn revocations_since(&self, cursor: u64) -> Result<(Vec<Revocation>, u64), BrokerError>;
+}

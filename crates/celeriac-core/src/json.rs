@@ -1,0 +1,371 @@
+//! kombu's JSON: plain JSON plus typed values `{"__type__": marker, "__value__": payload}`
+//! for datetime, date, time, UUID, Decimal and bytes (protocol spec §1.3, vector 06).
+//!
+//! Typed values stay as they are inside `serde_json::Value` (so an `echo` task hands back what
+//! it got); [`from_value`] converts them when a task parameter asks for a native type, and the
+//! constructors here ([`datetime`], [`bytes`], ...) produce them for Python callees.
+
+use base64::Engine;
+use chrono::{DateTime, NaiveDate, NaiveTime, Utc};
+use serde::de::DeserializeOwned;
+use serde_json::{json, Map, Value};
+
+use crate::error::ProtocolError;
+
+const TYPE_KEY: &str = "__type__";
+const VALUE_KEY: &str = "__value__";
+
+/// A decoded kombu typed value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Typed {
+    /// Aware values are converted to UTC; naive ones are taken as UTC (`naive` says which).
+    DateTime {
+        value: DateTime<Utc>,
+        naive: bool,
+    },
+    Date(NaiveDate),
+    Time(NaiveTime),
+    Uuid(uuid::Uuid),
+    /// Kept as its decimal text: no precision is lost.
+    Decimal(String),
+    Bytes(Vec<u8>),
+}
+
+/// Recognizes a typed value: `None` when `v` is not one, `Some(Err)` for an unknown marker or
+/// a payload that does not parse (Python refuses those too).
+pub fn decode_typed(v: &Value) -> Option<Result<Typed, ProtocolError>> {
+    let obj = v.as_object()?;
+    if obj.len() != 2 {
+        return None;
+    }
+    let marker = obj.get(TYPE_KEY)?.as_str();
+    let payload = obj.get(VALUE_KEY)?;
+    let bad = |what: &str| ProtocolError::BadTypedValue(format!("{what}: {payload}"));
+    let Some(marker) = marker else {
+        return Some(Err(ProtocolError::BadTypedValue(
+            "__type__ is not a string".into(),
+        )));
+    };
+    let text = payload.as_str();
+    Some(match marker {
+        "datetime" => text
+            .and_then(|s| crate::time::parse_iso(s).map(|t| (s, t)))
+            .map(|(s, value)| Typed::DateTime {
+                value,
+                naive: !has_offset(s),
+            })
+            .ok_or_else(|| bad("datetime")),
+        "date" => text
+            .and_then(|s| NaiveDate::parse_from_str(s, "%Y-%m-%d").ok())
+            .map(Typed::Date)
+            .ok_or_else(|| bad("date")),
+        "time" => text
+            .and_then(|s| {
+                let clock = s.split(['+', '-']).next().unwrap_or(s);
+                NaiveTime::parse_from_str(clock, "%H:%M:%S%.f").ok()
+            })
+            .map(Typed::Time)
+            .ok_or_else(|| bad("time")),
+        "uuid" => payload
+            .get("hex")
+            .and_then(Value::as_str)
+            .or(text)
+            .and_then(|s| uuid::Uuid::parse_str(s).ok())
+            .map(Typed::Uuid)
+            .ok_or_else(|| bad("uuid")),
+        "decimal" => text
+            .map(|s| Typed::Decimal(s.to_string()))
+            .ok_or_else(|| bad("decimal")),
+        "bytes" => text
+            .map(|s| Typed::Bytes(s.as_bytes().to_vec()))
+            .ok_or_else(|| bad("bytes")),
+        "base64" => text
+            .and_then(|s| base64::engine::general_purpose::STANDARD.decode(s).ok())
+            .map(Typed::Bytes)
+            .ok_or_else(|| bad("base64")),
+        other => Err(ProtocolError::BadTypedValue(format!(
+            "unknown marker {other:?}"
+        ))),
+    })
+}
+
+fn has_offset(s: &str) -> bool {
+    let tail = s.get(10..).unwrap_or("");
+    tail.ends_with('Z') || tail.contains('+') || tail.contains('-')
+}
+
+/// Checks every typed value inside `v`, so a bad one is reported when the message is decoded
+/// rather than when some task happens to read it.
+pub fn validate(v: &Value) -> Result<(), ProtocolError> {
+    match v {
+        Value::Array(items) => items.iter().try_for_each(validate),
+        Value::Object(map) => match decode_typed(v) {
+            Some(result) => result.map(|_| ()),
+            None => map.values().try_for_each(validate),
+        },
+        _ => Ok(()),
+    }
+}
+
+/// Replaces typed values with the plain JSON that serde's usual impls read: datetimes as
+/// RFC 3339 text, UUIDs dashed, decimals and UTF-8 bytes as text, other bytes as a number array.
+pub fn untype(v: &Value) -> Value {
+    match v {
+        Value::Array(items) => Value::Array(items.iter().map(untype).collect()),
+        Value::Object(map) => match decode_typed(v) {
+            Some(Ok(typed)) => match typed {
+                Typed::DateTime { value, naive: true } => {
+                    json!(value.naive_utc().format("%Y-%m-%dT%H:%M:%S%.f").to_string())
+                }
+                Typed::DateTime {
+                    value,
+                    naive: false,
+                } => json!(value.to_rfc3339()),
+                Typed::Date(d) => json!(d.to_string()),
+                Typed::Time(t) => json!(t.to_string()),
+                Typed::Uuid(u) => json!(u.to_string()),
+                Typed::Decimal(d) => json!(d),
+                Typed::Bytes(b) => match String::from_utf8(b) {
+                    Ok(text) => json!(text),
+                    Err(e) => json!(e.into_bytes()),
+                },
+            },
+            _ => Value::Object(map.iter().map(|(k, v)| (k.clone(), untype(v))).collect()),
+        },
+        other => other.clone(),
+    }
+}
+
+/// Deserializes a task argument or result: first as sent, then with typed values converted.
+pub fn from_value<T: DeserializeOwned>(v: &Value) -> Result<T, serde_json::Error> {
+    match T::deserialize(v) {
+        Ok(t) => Ok(t),
+        Err(first) => {
+            let plain = untype(v);
+            if &plain == v {
+                return Err(first);
+            }
+            T::deserialize(&plain).map_err(|_| first)
+        }
+    }
+}
+
+fn typed(marker: &str, value: Value) -> Value {
+    let mut m = Map::new();
+    m.insert(TYPE_KEY.into(), json!(marker));
+    m.insert(VALUE_KEY.into(), value);
+    Value::Object(m)
+}
+
+/// A Python `datetime` (aware, UTC).
+pub fn datetime(t: DateTime<Utc>) -> Value {
+    typed("datetime", json!(crate::time::to_iso(t)))
+}
+
+/// A Python `date`.
+pub fn date(d: NaiveDate) -> Value {
+    typed("date", json!(d.format("%Y-%m-%d").to_string()))
+}
+
+/// A Python `time`.
+pub fn time(t: NaiveTime) -> Value {
+    typed(
+        "time",
+        json!(t.format("%H:%M:%S%.6f").to_string().replace(".000000", "")),
+    )
+}
+
+/// A Python `uuid.UUID`.
+pub fn uuid(u: uuid::Uuid) -> Value {
+    typed("uuid", json!({ "hex": u.simple().to_string() }))
+}
+
+/// A Python `Decimal`, from its decimal text.
+pub fn decimal(text: &str) -> Value {
+    typed("decimal", json!(text))
+}
+
+/// Python `bytes`: text form when valid UTF-8, base64 otherwise (as kombu does).
+pub fn bytes(b: &[u8]) -> Value {
+    match std::str::from_utf8(b) {
+        Ok(text) => typed("bytes", json!(text)),
+        Err(_) => typed(
+            "base64",
+            json!(base64::engine::general_purpose::STANDARD.encode(b)),
+        ),
+    }
+}
+
+/// Serializes as Python's `json.dumps` does by default (`", "` and `": "` separators,
+/// non-ASCII escaped), for bytes that match what Python producers write.
+pub fn to_python_json(v: &Value) -> String {
+    let mut out = String::new();
+    write_python(v, &mut out);
+    out
+}
+
+fn write_python(v: &Value, out: &mut String) {
+    match v {
+        Value::Null => out.push_str("null"),
+        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        Value::Number(n) => out.push_str(&n.to_string()),
+        Value::String(s) => write_python_str(s, out),
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                write_python(item, out);
+            }
+            out.push(']');
+        }
+        Value::Object(map) => {
+            out.push('{');
+            for (i, (k, item)) in map.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                write_python_str(k, out);
+                out.push_str(": ");
+                write_python(item, out);
+            }
+            out.push('}');
+        }
+    }
+}
+
+fn write_python_str(s: &str, out: &mut String) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{08}' => out.push_str("\\b"),
+            '\u{0c}' => out.push_str("\\f"),
+            c if (c as u32) < 0x20 || (c as u32) > 0x7e => {
+                let mut buf = [0u16; 2];
+                for unit in c.encode_utf16(&mut buf) {
+                    out.push_str(&format!("\\u{unit:04x}"));
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// Parses JSON as Python writes it, including the bare `NaN`/`Infinity` words (read as null,
+/// since JSON has no such numbers).
+pub fn parse_python_json(bytes: &[u8]) -> Result<Value, serde_json::Error> {
+    match serde_json::from_slice(bytes) {
+        Ok(v) => Ok(v),
+        Err(e) => {
+            let Ok(text) = std::str::from_utf8(bytes) else {
+                return Err(e);
+            };
+            if !(text.contains("NaN") || text.contains("Infinity")) {
+                return Err(e);
+            }
+            serde_json::from_str(&replace_non_finite(text)).map_err(|_| e)
+        }
+    }
+}
+
+fn replace_non_finite(text: &str) -> String {
+    // Only outside strings: walk the text and track whether we are inside a string literal.
+    let mut out = String::with_capacity(text.len());
+    let mut in_string = false;
+    let mut escaped = false;
+    let mut rest = text;
+    while let Some(c) = rest.chars().next() {
+        if in_string {
+            out.push(c);
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_string = false;
+            }
+            rest = &rest[c.len_utf8()..];
+            continue;
+        }
+        if c == '"' {
+            in_string = true;
+        }
+        let word = ["-Infinity", "Infinity", "NaN"]
+            .into_iter()
+            .find(|w| rest.starts_with(w));
+        if let Some(w) = word {
+            out.push_str("null");
+            rest = &rest[w.len()..];
+        } else {
+            out.push(c);
+            rest = &rest[c.len_utf8()..];
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn typed_values_round_trip() {
+        let t = crate::time::parse_iso("2024-05-06T07:08:09.123456+00:00").unwrap();
+        let v = datetime(t);
+        assert_eq!(
+            v,
+            json!({"__type__": "datetime", "__value__": "2024-05-06T07:08:09.123456+00:00"})
+        );
+        assert_eq!(
+            decode_typed(&v).unwrap().unwrap(),
+            Typed::DateTime {
+                value: t,
+                naive: false
+            }
+        );
+        assert_eq!(
+            bytes(&[0xff, 0x00, 0xfe]),
+            json!({"__type__": "base64", "__value__": "/wD+"})
+        );
+        assert_eq!(
+            bytes(b"hello"),
+            json!({"__type__": "bytes", "__value__": "hello"})
+        );
+        let u = uuid::Uuid::parse_str("12345678-1234-5678-1234-567812345678").unwrap();
+        assert_eq!(
+            uuid(u)["__value__"]["hex"],
+            "12345678123456781234567812345678"
+        );
+    }
+
+    #[test]
+    fn unknown_marker_is_an_error() {
+        let v = json!([{"__type__": "pickle", "__value__": "x"}]);
+        assert!(matches!(validate(&v), Err(ProtocolError::BadTypedValue(_))));
+    }
+
+    #[test]
+    fn from_value_reads_typed_into_native() {
+        let v =
+            json!({"__type__": "uuid", "__value__": {"hex": "12345678123456781234567812345678"}});
+        let u: uuid::Uuid = from_value(&v).unwrap();
+        assert_eq!(u.to_string(), "12345678-1234-5678-1234-567812345678");
+        let s: String = from_value(&json!({"__type__": "bytes", "__value__": "hi"})).unwrap();
+        assert_eq!(s, "hi");
+    }
+
+    #[test]
+    fn python_json_text() {
+        let v = json!([[2], {"y": 3, "u": "h\u{e9}"}]);
+        assert_eq!(to_python_json(&v), "[[2], {\"y\": 3, \"u\": \"h\\u00e9\"}]");
+        let parsed = parse_python_json(b"[NaN, \"NaN\", -Infinity]").unwrap();
+        assert_eq!(parsed, json!([null, "NaN", null]));
+    }
+}
