@@ -1,0 +1,87 @@
+//! Task registry: names to type-erased tasks. Typed at the edge, erased once here.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use celeriac_core::task::{ArgError, Task, TaskContext, TaskError, TaskOptions};
+use serde_json::{Map, Value};
+
+pub type TaskFuture = Pin<Box<dyn Future<Output = Result<Value, TaskError>> + Send>>;
+
+/// A task with its types erased: JSON in, JSON out.
+pub trait ErasedTask: Send + Sync {
+    fn name(&self) -> &'static str;
+    fn options(&self) -> &TaskOptions;
+    /// Decodes the arguments (errors name the argument) and returns the run future.
+    fn call(&self, args: Vec<Value>, kwargs: Map<String, Value>, ctx: TaskContext) -> Result<TaskFuture, ArgError>;
+}
+
+struct Typed<T: Task> {
+    options: TaskOptions,
+    _task: PhantomData<fn() -> T>,
+}
+
+impl<T: Task> ErasedTask for Typed<T> {
+    fn name(&self) -> &'static str {
+        T::NAME
+    }
+
+    fn options(&self) -> &TaskOptions {
+        &self.options
+    }
+
+    fn call(&self, args: Vec<Value>, kwargs: Map<String, Value>, ctx: TaskContext) -> Result<TaskFuture, ArgError> {
+        let task = T::from_call(args, kwargs)?;
+        Ok(Box::pin(async move {
+            let output = task.run(ctx).await?;
+            serde_json::to_value(output).map_err(|e| {
+                TaskError::failure("EncodeError", format!("{} returned a value that is not JSON: {e}", T::NAME))
+            })
+        }))
+    }
+}
+
+/// The tasks a worker can run, by name (and alias).
+#[derive(Clone, Default)]
+pub struct Registry {
+    tasks: BTreeMap<String, Arc<dyn ErasedTask>>,
+}
+
+impl Registry {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn register<T: Task>(&mut self) {
+        self.register_with_options::<T>(T::options());
+    }
+
+    /// Registers `T` with options that override its defaults (from configuration).
+    pub fn register_with_options<T: Task>(&mut self, options: TaskOptions) {
+        let entry: Arc<dyn ErasedTask> = Arc::new(Typed::<T> { options, _task: PhantomData });
+        self.tasks.insert(T::NAME.to_string(), entry.clone());
+        for alias in T::ALIASES {
+            self.tasks.insert(alias.to_string(), entry.clone());
+        }
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<dyn ErasedTask>> {
+        self.tasks.get(name)
+    }
+
+    /// Registered names, sorted (aliases included).
+    pub fn names(&self) -> Vec<&str> {
+        self.tasks.keys().map(String::as_str).collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.tasks.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tasks.is_empty()
+    }
+}
