@@ -162,6 +162,18 @@ pub fn datetime(t: DateTime<Utc>) -> Value {
     typed("datetime", json!(crate::time::to_iso(t)))
 }
 
+/// A naive Python `datetime` (no offset; Python reads it in the receiver's timezone).
+pub fn naive_datetime(t: chrono::NaiveDateTime) -> Value {
+    let base = t.format("%Y-%m-%dT%H:%M:%S").to_string();
+    let micros = t.and_utc().timestamp_subsec_micros();
+    let text = if micros == 0 {
+        base
+    } else {
+        format!("{base}.{micros:06}")
+    };
+    typed("datetime", json!(text))
+}
+
 /// A Python `date`.
 pub fn date(d: NaiveDate) -> Value {
     typed("date", json!(d.format("%Y-%m-%d").to_string()))
@@ -208,7 +220,7 @@ fn write_python(v: &Value, out: &mut String) {
     match v {
         Value::Null => out.push_str("null"),
         Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
-        Value::Number(n) => out.push_str(&n.to_string()),
+        Value::Number(n) => write_python_number(n, out),
         Value::String(s) => write_python_str(s, out),
         Value::Array(items) => {
             out.push('[');
@@ -233,6 +245,65 @@ fn write_python(v: &Value, out: &mut String) {
             out.push('}');
         }
     }
+}
+
+/// Integers as they are; floats as Python's `repr(float)` writes them (`0.2`, `1e-07`,
+/// `1e+16`, `10.0`), which is what `json.dumps` emits.
+pub(crate) fn write_python_number(n: &serde_json::Number, out: &mut String) {
+    match (n.is_f64(), n.as_f64()) {
+        (true, Some(f)) => out.push_str(&python_float_repr(f)),
+        _ => out.push_str(&n.to_string()),
+    }
+}
+
+/// Python's `repr()` of a float: the shortest text that reads back to the same value,
+/// positional when the decimal exponent is in `-4..16`, scientific (`1e-07`, `1.5e+300`)
+/// otherwise; `NaN`, `Infinity` and `-Infinity` as `json.dumps` writes them.
+pub fn python_float_repr(f: f64) -> String {
+    if f.is_nan() {
+        return "NaN".into();
+    }
+    if f.is_infinite() {
+        return if f > 0.0 { "Infinity" } else { "-Infinity" }.into();
+    }
+    // Rust's `{:e}` gives the shortest round-trip digits: "1.2345e-7", "-0e0".
+    let sci = format!("{f:e}");
+    let (mantissa, exp) = sci.split_once('e').unwrap_or((&sci, "0"));
+    let exp: i32 = exp.parse().unwrap_or(0);
+    let (sign, mantissa) = match mantissa.strip_prefix('-') {
+        Some(m) => ("-", m),
+        None => ("", mantissa),
+    };
+    let digits: String = mantissa.chars().filter(|c| *c != '.').collect();
+    let mut out = String::from(sign);
+    if (-4..16).contains(&exp) {
+        let point = exp + 1; // digits before the decimal point
+        if point <= 0 {
+            out.push_str("0.");
+            out.push_str(&"0".repeat((-point) as usize));
+            out.push_str(&digits);
+        } else if point as usize >= digits.len() {
+            out.push_str(&digits);
+            out.push_str(&"0".repeat(point as usize - digits.len()));
+            out.push_str(".0");
+        } else {
+            out.push_str(&digits[..point as usize]);
+            out.push('.');
+            out.push_str(&digits[point as usize..]);
+        }
+    } else {
+        out.push_str(&digits[..1]);
+        if digits.len() > 1 {
+            out.push('.');
+            out.push_str(&digits[1..]);
+        }
+        out.push_str(&format!(
+            "e{}{:02}",
+            if exp < 0 { '-' } else { '+' },
+            exp.abs()
+        ));
+    }
+    out
 }
 
 fn write_python_str(s: &str, out: &mut String) {

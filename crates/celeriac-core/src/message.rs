@@ -175,13 +175,20 @@ impl TaskMessage {
             stamps: Map::new(),
             extra: spec.headers,
         };
+        // Celery turns `expires` into the AMQP per-message TTL too: milliseconds left, as a
+        // decimal string, "0" when already past (§2.4).
+        let mut extra_props = Map::new();
+        if let Some(expires) = spec.expires {
+            let ms = (expires - Utc::now()).num_milliseconds().max(0);
+            extra_props.insert("expiration".into(), json!(ms.to_string()));
+        }
         TaskMessage {
             headers,
             properties: TaskProperties {
                 correlation_id: id,
                 reply_to: spec.reply_to,
                 priority: spec.priority.unwrap_or(0).min(9),
-                extra: Map::new(),
+                extra: extra_props,
             },
             args: spec.args,
             kwargs: spec.kwargs,
@@ -205,7 +212,13 @@ impl TaskMessage {
         m.insert("group".into(), json!(h.group));
         m.insert("group_index".into(), json!(h.group_index));
         m.insert("retries".into(), json!(h.retries));
-        m.insert("timelimit".into(), json!([h.time_limit, h.soft_time_limit]));
+        m.insert(
+            "timelimit".into(),
+            json!([
+                seconds_value(h.time_limit),
+                seconds_value(h.soft_time_limit)
+            ]),
+        );
         m.insert("root_id".into(), json!(h.root_id));
         m.insert("parent_id".into(), json!(h.parent_id));
         m.insert("argsrepr".into(), json!(h.argsrepr));
@@ -237,6 +250,10 @@ impl TaskMessage {
             json!(p.reply_to.clone().unwrap_or_default()),
         );
         m.insert("delivery_mode".into(), json!(2));
+        // Celery's order: `expiration` (when set) comes before `priority`.
+        if let Some(expiration) = p.extra.get("expiration") {
+            m.insert("expiration".into(), expiration.clone());
+        }
         m.insert("priority".into(), json!(p.priority));
         for (k, v) in &p.extra {
             m.entry(k.clone()).or_insert_with(|| v.clone());
@@ -341,6 +358,15 @@ impl TaskMessage {
             embed,
             protocol,
         })
+    }
+}
+
+/// A number of seconds as Python users write it: `60` stays an integer, `1.5` a float.
+fn seconds_value(s: Option<f64>) -> Value {
+    match s {
+        Some(x) if x.fract() == 0.0 && x.abs() < 1e15 => json!(x as i64),
+        Some(x) => json!(x),
+        None => Value::Null,
     }
 }
 
@@ -501,7 +527,11 @@ fn headers_from(
     };
     let (time_limit, soft_time_limit) = match get("timelimit") {
         None => (None, None),
-        Some(Value::Array(pair)) if pair.len() == 2 => (pair[0].as_f64(), pair[1].as_f64()),
+        Some(Value::Array(pair))
+            if pair.len() == 2 && pair.iter().all(|v| v.is_null() || v.is_number()) =>
+        {
+            (pair[0].as_f64(), pair[1].as_f64())
+        }
         Some(v) => {
             return Err(ProtocolError::BadHeader {
                 name: "timelimit",
@@ -510,6 +540,13 @@ fn headers_from(
         }
     };
     let group = opt_str("group")?.or(opt_str("taskset")?);
+    let group_index = match get("group_index") {
+        None => None,
+        Some(v) => Some(v.as_i64().ok_or(ProtocolError::BadHeader {
+            name: "group_index",
+            reason: format!("expected an integer, found {v}"),
+        })?),
+    };
     let known = [
         "lang",
         "task",
@@ -544,7 +581,7 @@ fn headers_from(
         eta: opt_time("eta")?,
         expires: opt_time("expires")?,
         group,
-        group_index: get("group_index").and_then(Value::as_i64),
+        group_index,
         retries,
         time_limit,
         soft_time_limit,

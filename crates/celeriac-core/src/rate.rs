@@ -19,7 +19,7 @@ impl RateLimit {
         let count: f64 = num
             .parse()
             .map_err(|_| format!("rate limit {s:?}: {num:?} is not a number"))?;
-        if !(count > 0.0) || !count.is_finite() {
+        if count.is_nan() || count <= 0.0 || !count.is_finite() {
             return Err(format!("rate limit {s:?}: the count must be positive"));
         }
         let per = match unit {

@@ -74,7 +74,7 @@ fn value_repr(v: &Value, out: &mut String) {
         Value::Null => out.push_str("None"),
         Value::Bool(true) => out.push_str("True"),
         Value::Bool(false) => out.push_str("False"),
-        Value::Number(n) => out.push_str(&n.to_string()),
+        Value::Number(n) => crate::json::write_python_number(n, out),
         Value::String(s) => str_repr(s, out),
         Value::Array(items) => {
             out.push('[');
@@ -107,10 +107,35 @@ fn str_repr(s: &str, out: &mut String) {
                 out.push('\\');
                 out.push(c);
             }
+            c if !is_printable(c) => {
+                let n = c as u32;
+                if n <= 0xff {
+                    out.push_str(&format!("\\x{n:02x}"));
+                } else if n <= 0xffff {
+                    out.push_str(&format!("\\u{n:04x}"));
+                } else {
+                    out.push_str(&format!("\\U{n:08x}"));
+                }
+            }
             c => out.push(c),
         }
     }
     out.push(quote);
+}
+
+/// Approximates Python's `str.isprintable()`: control and format characters, separators other
+/// than the space, and a few invisible characters are escaped by `repr()`.
+fn is_printable(c: char) -> bool {
+    !(c.is_control()
+        || matches!(
+            c,
+            '\u{a0}'
+                | '\u{ad}'
+                | '\u{200b}'..='\u{200f}'
+                | '\u{2028}'..='\u{202e}'
+                | '\u{2060}'..='\u{2064}'
+                | '\u{feff}'
+        ))
 }
 
 #[cfg(test)]
