@@ -358,6 +358,7 @@ fn every_task_message_in_the_vectors_decodes() {
     let mut skipped = 0;
     let mut byte_exact_bodies = 0;
     let mut header_round_trips = 0;
+    let mut reprs_checked = 0;
     for f in &found {
         if !is_task_message(&f.raw) {
             // Events, pidbox requests/replies: not task messages, from_raw must refuse them.
@@ -396,6 +397,31 @@ fn every_task_message_in_the_vectors_decodes() {
                 for (k, v) in &f.raw.headers {
                     if !KNOWN_HEADERS.contains(&k.as_str()) {
                         assert_eq!(msg.headers.extra.get(k), Some(v), "{}: extra {k}", f.path);
+                    }
+                }
+                // Display strings: celeriac's repr of the decoded args equals Python's, where
+                // Python had a tuple and plain JSON values (vector 06's datetimes etc. show as
+                // Python objects; send_task's list args show as a list).
+                let plain = kjson::validate(&parts[0]).is_ok()
+                    && kjson::untype(&parts[0]) == parts[0]
+                    && kjson::untype(&parts[1]) == parts[1];
+                if let Some(argsrepr) = f.raw.headers.get("argsrepr").and_then(Value::as_str) {
+                    if plain && argsrepr.starts_with('(') {
+                        assert_eq!(
+                            celeriac_core::repr::args_repr(&msg.args),
+                            argsrepr,
+                            "{}: argsrepr",
+                            f.path
+                        );
+                        if let Some(k) = f.raw.headers.get("kwargsrepr").and_then(Value::as_str) {
+                            assert_eq!(
+                                celeriac_core::repr::kwargs_repr(&msg.kwargs),
+                                k,
+                                "{}: kwargsrepr",
+                                f.path
+                            );
+                        }
+                        reprs_checked += 1;
                     }
                 }
                 // Re-encoding gives the bytes Python wrote.
@@ -449,7 +475,7 @@ fn every_task_message_in_the_vectors_decodes() {
     eprintln!(
         "task messages decoded: {} redis envelopes, {} amqp, {} reconstructed ({} protocol 1); \
          {byte_exact_bodies} bodies byte-exact, {header_round_trips} header maps exact; \
-         {skipped} non-task messages skipped",
+         {reprs_checked} argsrepr equal; {skipped} non-task messages skipped",
         decoded[0], decoded[1], decoded[2], v1
     );
     // Floors observed on the Celery 5.7 capture, so broken discovery fails the test.
@@ -471,6 +497,7 @@ fn every_task_message_in_the_vectors_decodes() {
     assert!(v1 >= 2, "protocol 1 message (vector 07) not found");
     assert!(skipped >= 9, "only {skipped} non-task messages seen");
     assert!(header_round_trips >= 13, "{header_round_trips}");
+    assert!(reprs_checked >= 16, "{reprs_checked}");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1293,4 +1320,26 @@ fn malformed_input_gives_typed_errors() {
     assert!(TaskMeta::from_json(b"nope").is_none());
     assert!(TaskMeta::from_json(b"[1]").is_none());
     assert!(TaskMeta::from_json(b"{\"status\": \"WEIRD\", \"task_id\": \"x\"}").is_none());
+}
+
+#[test]
+fn hybrid_message_reads_body_object_under_protocol_2_headers() {
+    // Protocol 2 headers with a protocol 1 style body object (spec §2.7): headers win.
+    let msg = TaskMessage::from_raw(&raw(
+        json!({"task": "tasks.add", "id": "h1", "retries": 2}),
+        "{\"task\": \"tasks.other\", \"id\": \"b1\", \"args\": [1, 2], \"kwargs\": {\"z\": 1}, \"retries\": 0, \"eta\": \"2030-01-01T12:00:00\", \"callbacks\": [{\"task\": \"tasks.echo\"}]}",
+        "application/json",
+    ))
+    .unwrap();
+    assert_eq!(msg.protocol, ProtocolVersion::V1);
+    assert_eq!(msg.headers.task, "tasks.add");
+    assert_eq!(msg.headers.id, "h1");
+    assert_eq!(msg.headers.retries, 2);
+    assert_eq!(msg.args, vec![json!(1), json!(2)]);
+    assert_eq!(msg.kwargs, kw(json!({"z": 1})));
+    assert_eq!(msg.headers.eta, parse_iso("2030-01-01T12:00:00+00:00"));
+    assert_eq!(
+        msg.embed.callbacks,
+        Some(vec![json!({"task": "tasks.echo"})])
+    );
 }
