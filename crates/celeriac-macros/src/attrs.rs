@@ -91,7 +91,10 @@ pub(crate) fn parse_attrs(tokens: TokenStream) -> syn::Result<TaskAttrs> {
     for meta in metas {
         let key = meta.path();
         let Some(ident) = key.get_ident() else {
-            errors.push(syn::Error::new_spanned(key, unknown_message(&quote!(#key).to_string())));
+            errors.push(syn::Error::new_spanned(
+                key,
+                unknown_message(&quote!(#key).to_string()),
+            ));
             continue;
         };
         let name = ident.to_string();
@@ -215,7 +218,10 @@ fn apply(attrs: &mut TaskAttrs, name: &str, meta: &Meta) -> syn::Result<()> {
                 },
             });
         }
-        "default_retry_delay" | "retry_backoff_max" | "time_limit" | "soft_time_limit"
+        "default_retry_delay"
+        | "retry_backoff_max"
+        | "time_limit"
+        | "soft_time_limit"
         | "expires" => {
             let d = match value {
                 Value::Expr(e) => seconds(name, e)?,
@@ -229,7 +235,10 @@ fn apply(attrs: &mut TaskAttrs, name: &str, meta: &Meta) -> syn::Result<()> {
                 _ => &mut attrs.expires,
             } = Some(d);
         }
-        "retry_jitter" | "acks_late" | "reject_on_worker_lost" | "ignore_result"
+        "retry_jitter"
+        | "acks_late"
+        | "reject_on_worker_lost"
+        | "ignore_result"
         | "track_started" => {
             let b = match value {
                 Value::Bare(_) => true,
@@ -255,16 +264,15 @@ fn apply(attrs: &mut TaskAttrs, name: &str, meta: &Meta) -> syn::Result<()> {
             let s = match value {
                 Value::Expr(e) => match lit(e) {
                     Some(Lit::Str(s)) => s.clone(),
-                    _ => {
-                        return Err(syn::Error::new_spanned(
-                            e,
-                            "`rate_limit` expects a string such as \"10/s\", \"100/m\" or \"1000/h\"",
-                        ))
-                    }
+                    _ => return Err(syn::Error::new_spanned(
+                        e,
+                        "`rate_limit` expects a string such as \"10/s\", \"100/m\" or \"1000/h\"",
+                    )),
                 },
                 Value::Bare(p) => return Err(bare_error(p, "\"10/s\"")),
             };
-            let (count, per) = parse_rate_limit(&s.value()).map_err(|m| syn::Error::new(s.span(), m))?;
+            let (count, per) =
+                parse_rate_limit(&s.value()).map_err(|m| syn::Error::new(s.span(), m))?;
             attrs.rate_limit = Some(RateLimitLit { count, per });
         }
         "priority" => {
@@ -351,7 +359,10 @@ fn seconds(name: &str, e: &Expr) -> syn::Result<Duration> {
         )
     };
     match lit(e) {
-        Some(Lit::Int(i)) => i.base10_parse::<u64>().map(Duration::from_secs).map_err(|_| wrong()),
+        Some(Lit::Int(i)) => i
+            .base10_parse::<u64>()
+            .map(Duration::from_secs)
+            .map_err(|_| wrong()),
         Some(Lit::Float(f)) => {
             let v = f.base10_parse::<f64>().map_err(|_| wrong())?;
             Duration::try_from_secs_f64(v).map_err(|_| wrong())
@@ -361,11 +372,12 @@ fn seconds(name: &str, e: &Expr) -> syn::Result<Duration> {
 }
 
 fn priority(e: &Expr) -> syn::Result<u8> {
-    let range = |span: &dyn ToTokens| {
-        syn::Error::new_spanned(span, "`priority` must be between 0 and 9")
-    };
+    let range =
+        |span: &dyn ToTokens| syn::Error::new_spanned(span, "`priority` must be between 0 and 9");
     match e {
-        Expr::Unary(u) if matches!(u.op, UnOp::Neg(_)) && matches!(lit(strip(&u.expr)), Some(Lit::Int(_))) => {
+        Expr::Unary(u)
+            if matches!(u.op, UnOp::Neg(_)) && matches!(lit(strip(&u.expr)), Some(Lit::Int(_))) =>
+        {
             Err(range(e))
         }
         _ => match lit(e) {
@@ -415,12 +427,15 @@ impl TaskAttrs {
     /// The body of `fn options()`: a `TaskOptions` literal with the given fields, the rest default.
     pub fn options_tokens(&self, blocking: bool) -> TokenStream {
         let mut fields = Vec::<TokenStream>::new();
-        let some_duration = |d: &Option<Duration>| d.map(|d| {
-            let d = duration_tokens(d);
-            quote!(::core::option::Option::Some(#d))
-        });
+        let some_duration = |d: &Option<Duration>| {
+            d.map(|d| {
+                let d = duration_tokens(d);
+                quote!(::core::option::Option::Some(#d))
+            })
+        };
         if let Some(q) = &self.queue {
-            fields.push(quote!(queue: ::core::option::Option::Some(::std::string::String::from(#q))));
+            fields
+                .push(quote!(queue: ::core::option::Option::Some(::std::string::String::from(#q))));
         }
         if let Some(m) = &self.max_retries {
             fields.push(match m {
@@ -446,7 +461,8 @@ impl TaskAttrs {
             });
         }
         if let Some(kinds) = &self.autoretry_for {
-            fields.push(quote!(autoretry_for: ::std::vec![#(::std::string::String::from(#kinds)),*]));
+            fields
+                .push(quote!(autoretry_for: ::std::vec![#(::std::string::String::from(#kinds)),*]));
         }
         if let Some(t) = some_duration(&self.time_limit) {
             fields.push(quote!(time_limit: #t));
@@ -555,7 +571,10 @@ mod tests {
             parse("retry_backoff").unwrap().retry_backoff,
             Some(Some(Duration::from_secs(1)))
         );
-        assert_eq!(parse("retry_backoff = false").unwrap().retry_backoff, Some(None));
+        assert_eq!(
+            parse("retry_backoff = false").unwrap().retry_backoff,
+            Some(None)
+        );
         assert_eq!(
             parse("retry_backoff = 0.25").unwrap().retry_backoff,
             Some(Some(Duration::from_millis(250)))
@@ -564,17 +583,27 @@ mod tests {
         assert_eq!(parse("acks_late").unwrap().acks_late, Some(true));
         let r = parse(r#"rate_limit = "4""#).unwrap().rate_limit.unwrap();
         assert_eq!((r.count, r.per), (4.0, Duration::from_secs(1)));
-        let r = parse(r#"rate_limit = " 2.5 / h ""#).unwrap().rate_limit.unwrap();
+        let r = parse(r#"rate_limit = " 2.5 / h ""#)
+            .unwrap()
+            .rate_limit
+            .unwrap();
         assert_eq!((r.count, r.per), (2.5, Duration::from_secs(3600)));
     }
 
     #[test]
     fn errors() {
-        assert!(err("bogus = 1").starts_with("unknown task option `bogus`; valid options are: name, aliases,"));
+        assert!(err("bogus = 1")
+            .starts_with("unknown task option `bogus`; valid options are: name, aliases,"));
         assert_eq!(err("name = 1"), "`name` expects a string literal");
         assert_eq!(err(r#"name = """#), "`name` must not be empty");
-        assert_eq!(err(r#"name = "a", name = "b""#), "duplicate task option `name`");
-        assert_eq!(err(r#"acks_late = "yes""#), "`acks_late` expects a bool (`true` or `false`)");
+        assert_eq!(
+            err(r#"name = "a", name = "b""#),
+            "duplicate task option `name`"
+        );
+        assert_eq!(
+            err(r#"acks_late = "yes""#),
+            "`acks_late` expects a bool (`true` or `false`)"
+        );
         assert!(err("max_retries = -1").starts_with("`max_retries` expects"));
         assert!(err("time_limit = \"30\"").starts_with("`time_limit` expects a non-negative"));
         assert!(err("time_limit = -3").starts_with("`time_limit` expects a non-negative"));
@@ -584,11 +613,20 @@ mod tests {
             err(r#"rate_limit = "10/d""#),
             r#"rate limit "10/d": unit "d" is not s, m or h"#
         );
-        assert_eq!(err(r#"rate_limit = "0/s""#), r#"rate limit "0/s": the count must be positive"#);
-        assert_eq!(err(r#"rate_limit = "x/s""#), r#"rate limit "x/s": "x" is not a number"#);
+        assert_eq!(
+            err(r#"rate_limit = "0/s""#),
+            r#"rate limit "0/s": the count must be positive"#
+        );
+        assert_eq!(
+            err(r#"rate_limit = "x/s""#),
+            r#"rate limit "x/s": "x" is not a number"#
+        );
         assert!(err("retry_jitter = false").contains("no effect without `retry_backoff"));
         assert!(err(r#"aliases = "a""#).starts_with("`aliases` expects an array"));
-        assert_eq!(err(r#"aliases = ["a", 1]"#), "`aliases` entries must be string literals");
+        assert_eq!(
+            err(r#"aliases = ["a", 1]"#),
+            "`aliases` entries must be string literals"
+        );
         assert_eq!(err("queue"), "expected `queue = \"...\"`");
         assert_eq!(err("queue(\"a\")"), "expected `queue = ...`");
     }
@@ -614,8 +652,14 @@ mod tests {
         let a = parse(r#"queue = "q", max_retries = none, priority = 3"#).unwrap();
         let t = a.options_tokens(true).to_string();
         assert!(t.contains("queue :"), "{t}");
-        assert!(t.contains("max_retries : :: core :: option :: Option :: None"), "{t}");
-        assert!(t.contains("priority : :: core :: option :: Option :: Some (3u8)"), "{t}");
+        assert!(
+            t.contains("max_retries : :: core :: option :: Option :: None"),
+            "{t}"
+        );
+        assert!(
+            t.contains("priority : :: core :: option :: Option :: Some (3u8)"),
+            "{t}"
+        );
         assert!(t.contains("blocking : true"), "{t}");
         assert!(!t.contains("acks_late"), "{t}");
         syn::parse2::<syn::Expr>(a.options_tokens(false)).unwrap();

@@ -97,7 +97,10 @@ pub(crate) fn analyze(func: &ItemFn) -> syn::Result<TaskFn> {
     let sig = &func.sig;
     let mut errors = Errors::default();
     if let Some(u) = &sig.unsafety {
-        errors.push(syn::Error::new_spanned(u, "task functions cannot be `unsafe`"));
+        errors.push(syn::Error::new_spanned(
+            u,
+            "task functions cannot be `unsafe`",
+        ));
     }
     if let Some(abi) = &sig.abi {
         errors.push(syn::Error::new_spanned(
@@ -561,9 +564,12 @@ mod tests {
     #[test]
     fn rejected_shapes() {
         assert!(err("fn f<T>(x: T) {}").starts_with("task functions cannot be generic"));
-        assert!(err("fn f(x: u8) where u8: Copy {}").starts_with("task functions cannot be generic"));
+        assert!(
+            err("fn f(x: u8) where u8: Copy {}").starts_with("task functions cannot be generic")
+        );
         assert!(err("fn f(&self) {}").contains("`self` parameters are not allowed"));
-        assert!(err("fn f((a, b): (u8, u8)) {}").starts_with("task parameters must be plain identifiers"));
+        assert!(err("fn f((a, b): (u8, u8)) {}")
+            .starts_with("task parameters must be plain identifiers"));
         assert!(err("fn f(ref a: u8) {}").starts_with("task parameters must be plain identifiers"));
         assert!(err("fn f(_: u8) {}").starts_with("task parameters must be plain identifiers"));
         assert_eq!(
