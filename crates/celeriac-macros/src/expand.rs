@@ -383,7 +383,6 @@ fn generate(attrs: &TaskAttrs, task: &TaskFn, mut func: ItemFn) -> TokenStream {
         }
 
         #(#cfgs)*
-        #[allow(clippy::too_many_arguments)]
         #func
 
         #(#cfgs)*
