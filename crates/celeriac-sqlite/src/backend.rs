@@ -1,0 +1,145 @@
+//! The result-backend side: Celery's task meta JSON keyed by task id, and saved groups.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use celeriac_core::backend::ResultBackend;
+use celeriac_core::error::BackendError;
+use celeriac_core::state::TaskMeta;
+use rusqlite::{params, OptionalExtension};
+use serde_json::Value;
+
+use crate::db::{DbError, Wake};
+use crate::{duration_ms, now_ms, sql, SqliteStore};
+
+/// Expired results and groups are pruned at most this often per store, this many at a time.
+const PRUNE_EVERY_MS: i64 = 60_000;
+const PRUNE_BATCH: i64 = 1000;
+
+fn expires_at(now: i64, expires: Option<Duration>) -> Option<i64> {
+    expires.map(|d| now.saturating_add(duration_ms(d)))
+}
+
+impl SqliteStore {
+    async fn get_meta(&self, task_id: &str) -> Result<Option<TaskMeta>, BackendError> {
+        let id = task_id.to_string();
+        self.db()
+            .read(move |c| {
+                let text: Option<String> = c
+                    .prepare_cached(sql::GET_RESULT)?
+                    .query_row(params![id, now_ms()], |r| r.get(0))
+                    .optional()?;
+                match text {
+                    None => Ok(None),
+                    Some(t) => TaskMeta::from_json(t.as_bytes())
+                        .map(Some)
+                        .ok_or_else(|| DbError::Corrupt(format!("stored result of task {id} is not a task meta: {t}"))),
+                }
+            })
+            .await
+            .map_err(|e| self.backend_err("get result", e))
+    }
+}
+
+#[async_trait]
+impl ResultBackend for SqliteStore {
+    fn display_url(&self) -> String {
+        self.url()
+    }
+
+    async fn store(&self, meta: &TaskMeta, expires: Option<Duration>) -> Result<(), BackendError> {
+        let id = meta.task_id.clone();
+        let status = meta.status.as_str();
+        let text = meta.to_json();
+        let now = now_ms();
+        let expires_at = expires_at(now, expires);
+        let prune = SqliteStore::due(&self.inner.results_pruned_at, now, PRUNE_EVERY_MS);
+        self.db()
+            .write(Wake::Results, move |c| {
+                c.prepare_cached(sql::STORE_RESULT)?
+                    .execute(params![id, status, text, now, expires_at])?;
+                if prune {
+                    c.prepare_cached(sql::PRUNE_RESULTS)?.execute(params![now, PRUNE_BATCH])?;
+                    c.prepare_cached(sql::PRUNE_GROUPS)?.execute(params![now, PRUNE_BATCH])?;
+                }
+                Ok(())
+            })
+            .await
+            .map_err(|e| self.backend_err("store result", e))
+    }
+
+    async fn get(&self, task_id: &str) -> Result<Option<TaskMeta>, BackendError> {
+        self.get_meta(task_id).await
+    }
+
+    /// Wakes at once when this process stores a result, and within about a millisecond when
+    /// another process does (the watcher's `data_version` poll); no fixed polling interval.
+    async fn wait(&self, task_id: &str, timeout: Duration) -> Result<Option<TaskMeta>, BackendError> {
+        let signals = self.db().signals.clone();
+        let mut changes = signals.results.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut waiting = None;
+        loop {
+            changes.borrow_and_update();
+            let meta = self.get_meta(task_id).await?;
+            if meta.as_ref().is_some_and(|m| m.status.is_ready()) {
+                return Ok(meta);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(meta);
+            }
+            waiting.get_or_insert_with(|| signals.waiting());
+            tokio::select! {
+                r = changes.changed() => {
+                    if r.is_err() {
+                        return Ok(meta);
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline) => {}
+            }
+        }
+    }
+
+    async fn forget(&self, task_id: &str) -> Result<(), BackendError> {
+        let id = task_id.to_string();
+        self.db()
+            .write(Wake::Results, move |c| {
+                c.prepare_cached(sql::FORGET_RESULT)?.execute(params![id])?;
+                Ok(())
+            })
+            .await
+            .map_err(|e| self.backend_err("forget result", e))
+    }
+
+    async fn save_group(&self, group_id: &str, task_ids: &[String], expires: Option<Duration>) -> Result<(), BackendError> {
+        let id = group_id.to_string();
+        let ids = Value::from(task_ids.to_vec()).to_string();
+        let expires_at = expires_at(now_ms(), expires);
+        self.db()
+            .write(Wake::Results, move |c| {
+                c.prepare_cached(sql::SAVE_GROUP)?.execute(params![id, ids, expires_at])?;
+                Ok(())
+            })
+            .await
+            .map_err(|e| self.backend_err("save group", e))
+    }
+
+    async fn restore_group(&self, group_id: &str) -> Result<Option<Vec<String>>, BackendError> {
+        let id = group_id.to_string();
+        self.db()
+            .read(move |c| {
+                let text: Option<String> = c
+                    .prepare_cached(sql::GET_GROUP)?
+                    .query_row(params![id, now_ms()], |r| r.get(0))
+                    .optional()?;
+                match text {
+                    None => Ok(None),
+                    Some(t) => serde_json::from_str::<Vec<String>>(&t)
+                        .map(Some)
+                        .map_err(|e| DbError::Corrupt(format!("stored group {id} is not a list of task ids: {e}"))),
+                }
+            })
+            .await
+            .map_err(|e| self.backend_err("restore group", e))
+    }
+}

@@ -1,0 +1,363 @@
+//! Every SQL statement the store runs, each with its contract (house rule 9).
+//!
+//! Times are integer milliseconds since the Unix epoch (`celeriac_core::time::to_millis`).
+//! Messages carry their headers and properties as JSON text (key order preserved), the body
+//! as a blob. Writes always run inside `BEGIN IMMEDIATE` on the store's one writer
+//! connection, so every statement below that writes sees a stable database while it runs.
+
+/// The schema version written to `PRAGMA user_version`. Bump when the schema changes and add
+/// a migration step in `store::migrate`.
+pub const SCHEMA_VERSION: i64 = 1;
+
+// ----------------------------------------------------------------------------------------
+// Connection setup
+// ----------------------------------------------------------------------------------------
+
+/// Switches the file to write-ahead logging (persistent: stored in the file) so readers never
+/// block the writer and vice versa. Returns one row with the resulting mode (`wal`).
+pub const PRAGMA_WAL: &str = "PRAGMA journal_mode = WAL";
+
+/// Per connection: commit without fsync of the WAL (durable against a process crash, and
+/// against power loss up to the last checkpoint). Sets foreign keys off (none are declared).
+pub const PRAGMA_CONNECTION: &str = "PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = OFF;";
+
+/// Reads the schema version (0 for a new file).
+pub const GET_USER_VERSION: &str = "PRAGMA user_version";
+
+/// Records the schema version. Formatted with [`SCHEMA_VERSION`] (PRAGMA takes no parameters).
+pub fn set_user_version(v: i64) -> String {
+    format!("PRAGMA user_version = {v}")
+}
+
+/// Changes whenever another connection (this process or another) committed since the last
+/// call on the same connection. Cheap: it reads the WAL index in shared memory. The watcher
+/// polls it to notice other processes' writes.
+pub const DATA_VERSION: &str = "PRAGMA data_version";
+
+// ----------------------------------------------------------------------------------------
+// Transactions
+// ----------------------------------------------------------------------------------------
+
+/// Takes the write lock at once (waiting per the busy handler), so a transaction never fails
+/// half-way with SQLITE_BUSY when it first writes.
+pub const BEGIN_IMMEDIATE: &str = "BEGIN IMMEDIATE";
+/// A read snapshot: every statement until COMMIT sees the same database.
+pub const BEGIN_READ: &str = "BEGIN DEFERRED";
+pub const COMMIT: &str = "COMMIT";
+pub const ROLLBACK: &str = "ROLLBACK";
+/// One write job inside a group commit: its failure is rolled back alone.
+pub const SAVEPOINT: &str = "SAVEPOINT job";
+pub const RELEASE: &str = "RELEASE job";
+pub const ROLLBACK_TO: &str = "ROLLBACK TO job";
+
+// ----------------------------------------------------------------------------------------
+// Schema (idempotent: run at every open)
+// ----------------------------------------------------------------------------------------
+
+/// Creates every table and index if missing.
+///
+/// - `queues`: every queue name declared or published to, so stats can list them all.
+/// - `messages`: deliverable or leased messages. `id` is AUTOINCREMENT so ids are never
+///   reused (a delivery tag names one message forever) and increase in publish order (FIFO).
+///   A message is *ready* when `lease_owner IS NULL`, *leased* (unacked) otherwise, until
+///   `lease_until`. `delivered` counts deliveries (> 1 on a lease = redelivered).
+/// - `messages_ready`: partial index of ready rows in delivery order, so fetch reads exactly
+///   the rows it returns and leased rows cost nothing.
+/// - `messages_lease_until`, `messages_owner`: partial indexes of leased rows for reclaiming
+///   lapsed leases and for keepalive / close by owner.
+/// - `scheduled`: messages whose `not_before` is in the future, apart from `messages` so a
+///   fetch never scans them; `scheduled_due` finds the due ones with one index seek.
+/// - `dead_letters`: messages a worker could not run, with the reason and when.
+/// - `revoked`: durable revokes; `seq` orders them for incremental sync.
+/// - `results`: task meta JSON exactly as Celery writes it, keyed by task id.
+/// - `groups`: a group's member task ids as a JSON array.
+pub const CREATE_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS queues (
+    name       TEXT PRIMARY KEY,
+    created_at INTEGER NOT NULL
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS messages (
+    id               INTEGER PRIMARY KEY AUTOINCREMENT,
+    queue            TEXT    NOT NULL,
+    priority         INTEGER NOT NULL,
+    headers          TEXT    NOT NULL,
+    properties       TEXT    NOT NULL,
+    content_type     TEXT    NOT NULL,
+    content_encoding TEXT    NOT NULL,
+    body             BLOB    NOT NULL,
+    published_at     INTEGER NOT NULL,
+    delivered        INTEGER NOT NULL DEFAULT 0,
+    lease_owner      TEXT,
+    lease_until      INTEGER
+);
+CREATE INDEX IF NOT EXISTS messages_ready
+    ON messages (queue, priority DESC, id) WHERE lease_owner IS NULL;
+CREATE INDEX IF NOT EXISTS messages_lease_until
+    ON messages (lease_until) WHERE lease_owner IS NOT NULL;
+CREATE INDEX IF NOT EXISTS messages_owner
+    ON messages (lease_owner) WHERE lease_owner IS NOT NULL;
+
+CREATE TABLE IF NOT EXISTS scheduled (
+    id               INTEGER PRIMARY KEY AUTOINCREMENT,
+    due              INTEGER NOT NULL,
+    queue            TEXT    NOT NULL,
+    priority         INTEGER NOT NULL,
+    headers          TEXT    NOT NULL,
+    properties       TEXT    NOT NULL,
+    content_type     TEXT    NOT NULL,
+    content_encoding TEXT    NOT NULL,
+    body             BLOB    NOT NULL,
+    published_at     INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS scheduled_due ON scheduled (due, id);
+CREATE INDEX IF NOT EXISTS scheduled_queue ON scheduled (queue);
+
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id               INTEGER PRIMARY KEY AUTOINCREMENT,
+    queue            TEXT    NOT NULL,
+    priority         INTEGER NOT NULL,
+    headers          TEXT    NOT NULL,
+    properties       TEXT    NOT NULL,
+    content_type     TEXT    NOT NULL,
+    content_encoding TEXT    NOT NULL,
+    body             BLOB    NOT NULL,
+    published_at     INTEGER NOT NULL,
+    reason           TEXT    NOT NULL,
+    at               INTEGER NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS revoked (
+    seq       INTEGER PRIMARY KEY AUTOINCREMENT,
+    task_id   TEXT    NOT NULL UNIQUE,
+    terminate INTEGER NOT NULL,
+    at        INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS revoked_at ON revoked (at);
+
+CREATE TABLE IF NOT EXISTS results (
+    task_id    TEXT PRIMARY KEY,
+    status     TEXT NOT NULL,
+    meta       TEXT NOT NULL,
+    updated_at INTEGER NOT NULL,
+    expires_at INTEGER
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS results_expires
+    ON results (expires_at) WHERE expires_at IS NOT NULL;
+
+CREATE TABLE IF NOT EXISTS groups (
+    group_id   TEXT PRIMARY KEY,
+    task_ids   TEXT NOT NULL,
+    expires_at INTEGER
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS groups_expires
+    ON groups (expires_at) WHERE expires_at IS NOT NULL;
+";
+
+// ----------------------------------------------------------------------------------------
+// Queues
+// ----------------------------------------------------------------------------------------
+
+/// Records a queue name (?1) at time ?2; no-op when known.
+pub const DECLARE_QUEUE: &str = "INSERT OR IGNORE INTO queues (name, created_at) VALUES (?1, ?2)";
+
+/// Every known queue name, sorted.
+pub const LIST_QUEUES: &str = "SELECT name FROM queues ORDER BY name";
+
+// ----------------------------------------------------------------------------------------
+// Publish
+// ----------------------------------------------------------------------------------------
+
+/// Adds a ready message: queue ?1, priority ?2 (0..=9), headers ?3, properties ?4,
+/// content type ?5, encoding ?6, body ?7, published at ?8. Deliverable as soon as committed;
+/// its new id is larger than every id before it (FIFO within a priority).
+pub const INSERT_READY: &str = "INSERT INTO messages
+    (queue, priority, headers, properties, content_type, content_encoding, body, published_at)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
+
+/// Adds a message not deliverable before ?9 (ms): same parameters as [`INSERT_READY`] plus
+/// the due time. It stays out of `messages` until [`PROMOTE_DUE`] moves it.
+pub const INSERT_SCHEDULED: &str = "INSERT INTO scheduled
+    (queue, priority, headers, properties, content_type, content_encoding, body, published_at, due)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
+
+// ----------------------------------------------------------------------------------------
+// Fetch (all in one write transaction)
+// ----------------------------------------------------------------------------------------
+
+/// Copies up to ?2 scheduled messages due at or before ?1 (ms) into `messages`, earliest due
+/// first, so they become ready with ids in due order. One index seek when nothing is due.
+/// Must be followed, in the same transaction, by [`DELETE_PROMOTED`] with the same parameters
+/// (the subquery selects the same rows since nothing else writes in between).
+pub const PROMOTE_DUE: &str = "INSERT INTO messages
+    (queue, priority, headers, properties, content_type, content_encoding, body, published_at)
+    SELECT queue, priority, headers, properties, content_type, content_encoding, body, published_at
+    FROM scheduled
+    WHERE id IN (SELECT id FROM scheduled WHERE due <= ?1 ORDER BY due, id LIMIT ?2)
+    ORDER BY due, id";
+
+/// Removes the rows [`PROMOTE_DUE`] just copied.
+pub const DELETE_PROMOTED: &str = "DELETE FROM scheduled
+    WHERE id IN (SELECT id FROM scheduled WHERE due <= ?1 ORDER BY due, id LIMIT ?2)";
+
+/// Puts every message whose lease lapsed before ?1 (ms) back to ready. Its `delivered` count
+/// is kept, so its next delivery is flagged redelivered. Only reads leased rows (index).
+pub const RECLAIM_EXPIRED: &str = "UPDATE messages SET lease_owner = NULL, lease_until = NULL
+    WHERE lease_owner IS NOT NULL AND lease_until < ?1";
+
+/// Leases up to ?4 ready messages of queue ?3 to owner ?1 until ?2 (ms): highest priority
+/// first, then oldest first. Returns the leased rows in no particular order (sort by
+/// priority DESC, id). `delivered` as returned includes this delivery (> 1 = redelivered).
+pub const LEASE_READY: &str = "UPDATE messages
+    SET lease_owner = ?1, lease_until = ?2, delivered = delivered + 1
+    WHERE id IN (
+        SELECT id FROM messages
+        WHERE queue = ?3 AND lease_owner IS NULL
+        ORDER BY priority DESC, id
+        LIMIT ?4)
+    RETURNING id, priority, headers, properties, content_type, content_encoding, body, delivered";
+
+/// The earliest scheduled due time (ms), or NULL. One index seek.
+pub const NEXT_DUE: &str = "SELECT min(due) FROM scheduled";
+
+/// The earliest lease expiry (ms), or NULL: when a waiting consumer should look again for
+/// messages abandoned by a dead worker. One index seek.
+pub const NEXT_LEASE_EXPIRY: &str =
+    "SELECT min(lease_until) FROM messages WHERE lease_owner IS NOT NULL";
+
+// ----------------------------------------------------------------------------------------
+// Consumer operations
+// ----------------------------------------------------------------------------------------
+
+/// Acknowledges message ?1: deletes it, whoever holds it now (the work is done; a second
+/// holder after a lapsed lease then finds nothing to ack). Ids are never reused.
+pub const ACK: &str = "DELETE FROM messages WHERE id = ?1";
+
+/// Returns message ?1 to ready if owner ?2 still holds it (a message re-leased by another
+/// consumer after a lapsed lease is left alone).
+pub const REQUEUE: &str = "UPDATE messages SET lease_owner = NULL, lease_until = NULL
+    WHERE id = ?1 AND lease_owner = ?2";
+
+/// Returns every message owner ?1 holds to ready (consumer close).
+pub const REQUEUE_OWNER: &str = "UPDATE messages SET lease_owner = NULL, lease_until = NULL
+    WHERE lease_owner = ?1";
+
+/// Extends to ?2 (ms) the lease of every message owner ?1 holds. One statement (index).
+pub const KEEPALIVE: &str = "UPDATE messages SET lease_until = ?2 WHERE lease_owner = ?1";
+
+/// Copies message ?1 (if held by ?2 or by nobody) into `dead_letters` with reason ?3 at ?4.
+/// Followed by [`DELETE_DEAD`] with the same id.
+pub const INSERT_DEAD: &str = "INSERT INTO dead_letters
+    (queue, priority, headers, properties, content_type, content_encoding, body, published_at, reason, at)
+    SELECT queue, priority, headers, properties, content_type, content_encoding, body, published_at, ?3, ?4
+    FROM messages WHERE id = ?1 AND (lease_owner = ?2 OR lease_owner IS NULL)";
+
+/// Removes message ?1 after [`INSERT_DEAD`] copied it.
+pub const DELETE_DEAD: &str = "DELETE FROM messages WHERE id = ?1 AND (lease_owner = ?2 OR lease_owner IS NULL)";
+
+// ----------------------------------------------------------------------------------------
+// Purge and stats
+// ----------------------------------------------------------------------------------------
+
+/// Deletes the ready messages of queue ?1 (leased ones stay with their worker).
+pub const PURGE_READY: &str = "DELETE FROM messages WHERE queue = ?1 AND lease_owner IS NULL";
+
+/// Deletes the scheduled messages of queue ?1.
+pub const PURGE_SCHEDULED: &str = "DELETE FROM scheduled WHERE queue = ?1";
+
+/// Ready messages of queue ?1 (counts the partial index).
+pub const COUNT_READY: &str =
+    "SELECT count(*) FROM messages WHERE queue = ?1 AND lease_owner IS NULL";
+
+/// Scheduled messages of queue ?1.
+pub const COUNT_SCHEDULED: &str = "SELECT count(*) FROM scheduled WHERE queue = ?1";
+
+/// Leased (unacked) messages of queue ?1 (reads only leased rows).
+pub const COUNT_UNACKED: &str =
+    "SELECT count(*) FROM messages WHERE lease_owner IS NOT NULL AND queue = ?1";
+
+// ----------------------------------------------------------------------------------------
+// Dead letters
+// ----------------------------------------------------------------------------------------
+
+/// The newest ?1 dead letters, newest first.
+pub const LIST_DEAD: &str = "SELECT id, queue, reason, at, headers, properties, content_type,
+    content_encoding, body FROM dead_letters ORDER BY id DESC LIMIT ?1";
+
+/// Puts dead letter ?1 back on its queue as a new ready message (fresh id, never delivered).
+/// Followed by [`DELETE_DEAD_LETTER`].
+pub const REQUEUE_DEAD: &str = "INSERT INTO messages
+    (queue, priority, headers, properties, content_type, content_encoding, body, published_at)
+    SELECT queue, priority, headers, properties, content_type, content_encoding, body, published_at
+    FROM dead_letters WHERE id = ?1";
+
+/// Removes dead letter ?1.
+pub const DELETE_DEAD_LETTER: &str = "DELETE FROM dead_letters WHERE id = ?1";
+
+/// Puts every dead letter back on its queue, oldest first. Followed by [`DELETE_ALL_DEAD`].
+pub const REQUEUE_ALL_DEAD: &str = "INSERT INTO messages
+    (queue, priority, headers, properties, content_type, content_encoding, body, published_at)
+    SELECT queue, priority, headers, properties, content_type, content_encoding, body, published_at
+    FROM dead_letters ORDER BY id";
+
+/// Removes every dead letter.
+pub const DELETE_ALL_DEAD: &str = "DELETE FROM dead_letters";
+
+/// Queue names of the dead letters (so requeued queues are listed by stats).
+pub const DEAD_QUEUES: &str = "INSERT OR IGNORE INTO queues (name, created_at)
+    SELECT DISTINCT queue, ?1 FROM dead_letters";
+
+// ----------------------------------------------------------------------------------------
+// Revocations
+// ----------------------------------------------------------------------------------------
+
+/// Records a revoke of task ?1 at ?3 (ms). A repeated revoke gets a new `seq` (so cursors
+/// see it again) and keeps `terminate` if either revoke asked for it (?2 = 0/1).
+pub const REVOKE: &str = "INSERT OR REPLACE INTO revoked (task_id, terminate, at)
+    VALUES (?1, max(?2, coalesce((SELECT terminate FROM revoked WHERE task_id = ?1), 0)), ?3)";
+
+/// 1 when task ?1 is revoked.
+pub const IS_REVOKED: &str = "SELECT 1 FROM revoked WHERE task_id = ?1";
+
+/// Revokes recorded after cursor ?1, in order.
+pub const REVOKED_SINCE: &str =
+    "SELECT seq, task_id, terminate, at FROM revoked WHERE seq > ?1 ORDER BY seq";
+
+/// Forgets revokes recorded before ?1 (ms).
+pub const PRUNE_REVOKED: &str = "DELETE FROM revoked WHERE at < ?1";
+
+// ----------------------------------------------------------------------------------------
+// Results
+// ----------------------------------------------------------------------------------------
+
+/// Stores task ?1's meta JSON ?3 with status ?2 at ?4, expiring at ?5 (ms, NULL = never).
+/// A stored SUCCESS is never overwritten: a late duplicate (e.g. a redelivered run) loses.
+pub const STORE_RESULT: &str = "INSERT INTO results (task_id, status, meta, updated_at, expires_at)
+    VALUES (?1, ?2, ?3, ?4, ?5)
+    ON CONFLICT (task_id) DO UPDATE SET
+        status = excluded.status, meta = excluded.meta,
+        updated_at = excluded.updated_at, expires_at = excluded.expires_at
+    WHERE results.status != 'SUCCESS'";
+
+/// Task ?1's meta JSON unless it expired before ?2 (ms).
+pub const GET_RESULT: &str = "SELECT meta FROM results
+    WHERE task_id = ?1 AND (expires_at IS NULL OR expires_at > ?2)";
+
+/// Deletes task ?1's result.
+pub const FORGET_RESULT: &str = "DELETE FROM results WHERE task_id = ?1";
+
+/// Deletes up to ?2 results expired at ?1 (ms); bounded so one call stays short.
+pub const PRUNE_RESULTS: &str = "DELETE FROM results WHERE task_id IN
+    (SELECT task_id FROM results WHERE expires_at IS NOT NULL AND expires_at <= ?1 LIMIT ?2)";
+
+/// Saves group ?1's member ids ?2 (JSON array), expiring at ?3 (ms, NULL = never); replaces.
+pub const SAVE_GROUP: &str =
+    "INSERT OR REPLACE INTO groups (group_id, task_ids, expires_at) VALUES (?1, ?2, ?3)";
+
+/// Group ?1's member ids (JSON array) unless expired before ?2 (ms).
+pub const GET_GROUP: &str = "SELECT task_ids FROM groups
+    WHERE group_id = ?1 AND (expires_at IS NULL OR expires_at > ?2)";
+
+/// Deletes up to ?2 groups expired at ?1 (ms).
+pub const PRUNE_GROUPS: &str = "DELETE FROM groups WHERE group_id IN
+    (SELECT group_id FROM groups WHERE expires_at IS NOT NULL AND expires_at <= ?1 LIMIT ?2)";
