@@ -31,9 +31,11 @@ impl SqliteStore {
                     .optional()?;
                 match text {
                     None => Ok(None),
-                    Some(t) => TaskMeta::from_json(t.as_bytes())
-                        .map(Some)
-                        .ok_or_else(|| DbError::Corrupt(format!("stored result of task {id} is not a task meta: {t}"))),
+                    Some(t) => TaskMeta::from_json(t.as_bytes()).map(Some).ok_or_else(|| {
+                        DbError::Corrupt(format!(
+                            "stored result of task {id} is not a task meta: {t}"
+                        ))
+                    }),
                 }
             })
             .await
@@ -59,8 +61,10 @@ impl ResultBackend for SqliteStore {
                 c.prepare_cached(sql::STORE_RESULT)?
                     .execute(params![id, status, text, now, expires_at])?;
                 if prune {
-                    c.prepare_cached(sql::PRUNE_RESULTS)?.execute(params![now, PRUNE_BATCH])?;
-                    c.prepare_cached(sql::PRUNE_GROUPS)?.execute(params![now, PRUNE_BATCH])?;
+                    c.prepare_cached(sql::PRUNE_RESULTS)?
+                        .execute(params![now, PRUNE_BATCH])?;
+                    c.prepare_cached(sql::PRUNE_GROUPS)?
+                        .execute(params![now, PRUNE_BATCH])?;
                 }
                 Ok(())
             })
@@ -74,7 +78,11 @@ impl ResultBackend for SqliteStore {
 
     /// Wakes at once when this process stores a result, and within about a millisecond when
     /// another process does (the watcher's `data_version` poll); no fixed polling interval.
-    async fn wait(&self, task_id: &str, timeout: Duration) -> Result<Option<TaskMeta>, BackendError> {
+    async fn wait(
+        &self,
+        task_id: &str,
+        timeout: Duration,
+    ) -> Result<Option<TaskMeta>, BackendError> {
         let signals = self.db().signals.clone();
         let mut changes = signals.results.subscribe();
         let deadline = tokio::time::Instant::now() + timeout;
@@ -111,13 +119,19 @@ impl ResultBackend for SqliteStore {
             .map_err(|e| self.backend_err("forget result", e))
     }
 
-    async fn save_group(&self, group_id: &str, task_ids: &[String], expires: Option<Duration>) -> Result<(), BackendError> {
+    async fn save_group(
+        &self,
+        group_id: &str,
+        task_ids: &[String],
+        expires: Option<Duration>,
+    ) -> Result<(), BackendError> {
         let id = group_id.to_string();
         let ids = Value::from(task_ids.to_vec()).to_string();
         let expires_at = expires_at(now_ms(), expires);
         self.db()
             .write(Wake::Results, move |c| {
-                c.prepare_cached(sql::SAVE_GROUP)?.execute(params![id, ids, expires_at])?;
+                c.prepare_cached(sql::SAVE_GROUP)?
+                    .execute(params![id, ids, expires_at])?;
                 Ok(())
             })
             .await
@@ -136,7 +150,11 @@ impl ResultBackend for SqliteStore {
                     None => Ok(None),
                     Some(t) => serde_json::from_str::<Vec<String>>(&t)
                         .map(Some)
-                        .map_err(|e| DbError::Corrupt(format!("stored group {id} is not a list of task ids: {e}"))),
+                        .map_err(|e| {
+                            DbError::Corrupt(format!(
+                                "stored group {id} is not a list of task ids: {e}"
+                            ))
+                        }),
                 }
             })
             .await

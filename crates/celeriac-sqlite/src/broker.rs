@@ -86,13 +86,22 @@ fn parse_map(text: &str, what: &str, id: i64) -> Map<String, Value> {
     match serde_json::from_str::<Value>(text) {
         Ok(Value::Object(m)) => m,
         _ => {
-            tracing::warn!("sqlite message {id}: stored {what} are not a JSON object; delivering without them");
+            tracing::warn!(
+                "sqlite message {id}: stored {what} are not a JSON object; delivering without them"
+            );
             Map::new()
         }
     }
 }
 
-fn raw_message(id: i64, headers: &str, properties: &str, content_type: String, content_encoding: String, body: Vec<u8>) -> RawMessage {
+fn raw_message(
+    id: i64,
+    headers: &str,
+    properties: &str,
+    content_type: String,
+    content_encoding: String,
+    body: Vec<u8>,
+) -> RawMessage {
     RawMessage {
         headers: parse_map(headers, "headers", id),
         properties: parse_map(properties, "properties", id),
@@ -105,7 +114,11 @@ fn raw_message(id: i64, headers: &str, properties: &str, content_type: String, c
 impl SqliteStore {
     /// Names of `queues` not yet known to be recorded; marks them known.
     fn new_queues<'a>(&self, queues: impl Iterator<Item = &'a str>) -> Vec<String> {
-        let mut known = self.inner.known_queues.lock().unwrap_or_else(|e| e.into_inner());
+        let mut known = self
+            .inner
+            .known_queues
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         let mut fresh = Vec::new();
         for q in queues {
             if !known.contains(q) {
@@ -117,7 +130,11 @@ impl SqliteStore {
     }
 
     fn forget_queues(&self, queues: &[String]) {
-        let mut known = self.inner.known_queues.lock().unwrap_or_else(|e| e.into_inner());
+        let mut known = self
+            .inner
+            .known_queues
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         for q in queues {
             known.remove(q);
         }
@@ -131,7 +148,8 @@ impl SqliteStore {
             .db()
             .write(Wake::Messages, move |c| {
                 for q in &declare {
-                    c.prepare_cached(sql::DECLARE_QUEUE)?.execute(params![q, now])?;
+                    c.prepare_cached(sql::DECLARE_QUEUE)?
+                        .execute(params![q, now])?;
                 }
                 for row in &rows {
                     row.insert(c, now)?;
@@ -163,7 +181,8 @@ impl Broker for SqliteStore {
         let result = self
             .db()
             .write(Wake::Nothing, move |c| {
-                c.prepare_cached(sql::DECLARE_QUEUE)?.execute(params![name, now])?;
+                c.prepare_cached(sql::DECLARE_QUEUE)?
+                    .execute(params![name, now])?;
                 Ok(())
             })
             .await;
@@ -267,13 +286,23 @@ fn requeue_job(owner: Arc<str>, ids: Vec<i64>) -> Box<dyn WriteJob> {
 
 /// Promotes due scheduled messages, reclaims lapsed leases, then leases up to `max` ready
 /// messages of `queues` (in the order given; priority then FIFO within each).
-fn fetch_tx(c: &Connection, owner: &str, queues: &[String], max: usize, lease_ms: i64) -> rusqlite::Result<FetchOut> {
+fn fetch_tx(
+    c: &Connection,
+    owner: &str,
+    queues: &[String],
+    max: usize,
+    lease_ms: i64,
+) -> rusqlite::Result<FetchOut> {
     let now = now_ms();
-    let promoted = c.prepare_cached(sql::PROMOTE_DUE)?.execute(params![now, PROMOTE_BATCH])?;
+    let promoted = c
+        .prepare_cached(sql::PROMOTE_DUE)?
+        .execute(params![now, PROMOTE_BATCH])?;
     if promoted > 0 {
-        c.prepare_cached(sql::DELETE_PROMOTED)?.execute(params![now, PROMOTE_BATCH])?;
+        c.prepare_cached(sql::DELETE_PROMOTED)?
+            .execute(params![now, PROMOTE_BATCH])?;
     }
-    c.prepare_cached(sql::RECLAIM_EXPIRED)?.execute(params![now])?;
+    c.prepare_cached(sql::RECLAIM_EXPIRED)?
+        .execute(params![now])?;
     let mut leased = Vec::new();
     let until = now.saturating_add(lease_ms);
     let mut stmt = c.prepare_cached(sql::LEASE_READY)?;
@@ -303,7 +332,9 @@ fn fetch_tx(c: &Connection, owner: &str, queues: &[String], max: usize, lease_ms
     }
     let mut next_wake = None;
     if leased.is_empty() {
-        let due: Option<i64> = c.prepare_cached(sql::NEXT_DUE)?.query_row([], |r| r.get(0))?;
+        let due: Option<i64> = c
+            .prepare_cached(sql::NEXT_DUE)?
+            .query_row([], |r| r.get(0))?;
         let expiry: Option<i64> = c
             .prepare_cached(sql::NEXT_LEASE_EXPIRY)?
             .query_row([], |r| r.get(0))?;
@@ -393,7 +424,14 @@ impl Consumer for SqliteConsumer {
                         tag: DeliveryTag(l.id.to_string()),
                         queue: l.queue,
                         redelivered: l.delivered > 1,
-                        message: raw_message(l.id, &l.headers, &l.properties, l.content_type, l.content_encoding, l.body),
+                        message: raw_message(
+                            l.id,
+                            &l.headers,
+                            &l.properties,
+                            l.content_type,
+                            l.content_encoding,
+                            l.body,
+                        ),
                     })
                     .collect());
             }
@@ -468,7 +506,8 @@ impl Consumer for SqliteConsumer {
                     .prepare_cached(sql::INSERT_DEAD)?
                     .execute(params![id, &*owner, reason, now])?;
                 if copied > 0 {
-                    c.prepare_cached(sql::DELETE_DEAD)?.execute(params![id, &*owner])?;
+                    c.prepare_cached(sql::DELETE_DEAD)?
+                        .execute(params![id, &*owner])?;
                 }
                 Ok(())
             })
@@ -486,7 +525,8 @@ impl Consumer for SqliteConsumer {
             .db()
             .write(Wake::Nothing, move |c| {
                 let until = now_ms().saturating_add(lease_ms);
-                c.prepare_cached(sql::KEEPALIVE)?.execute(params![&*owner, until])?;
+                c.prepare_cached(sql::KEEPALIVE)?
+                    .execute(params![&*owner, until])?;
                 Ok(())
             })
             .await
@@ -506,7 +546,8 @@ impl Consumer for SqliteConsumer {
             .store
             .db()
             .write(Wake::Messages, move |c| {
-                c.prepare_cached(sql::REQUEUE_OWNER)?.execute(params![&*owner])?;
+                c.prepare_cached(sql::REQUEUE_OWNER)?
+                    .execute(params![&*owner])?;
                 Ok(())
             })
             .await;
@@ -525,7 +566,8 @@ impl Drop for SqliteConsumer {
         if !self.closed.swap(true, Ordering::SeqCst) {
             let owner = self.owner.clone();
             self.store.db().write_detached(Wake::Messages, move |c| {
-                c.prepare_cached(sql::REQUEUE_OWNER)?.execute(params![&*owner])?;
+                c.prepare_cached(sql::REQUEUE_OWNER)?
+                    .execute(params![&*owner])?;
                 Ok(())
             });
         }
@@ -542,8 +584,12 @@ impl Purge for SqliteStore {
         let queue = queue.to_string();
         self.db()
             .write(Wake::Nothing, move |c| {
-                let ready = c.prepare_cached(sql::PURGE_READY)?.execute(params![queue])?;
-                let scheduled = c.prepare_cached(sql::PURGE_SCHEDULED)?.execute(params![queue])?;
+                let ready = c
+                    .prepare_cached(sql::PURGE_READY)?
+                    .execute(params![queue])?;
+                let scheduled = c
+                    .prepare_cached(sql::PURGE_SCHEDULED)?
+                    .execute(params![queue])?;
                 Ok((ready + scheduled) as u64)
             })
             .await
@@ -607,7 +653,14 @@ impl DeadLetters for SqliteStore {
                         queue: r.get(1)?,
                         reason: r.get(2)?,
                         at: from_millis(r.get(3)?),
-                        message: raw_message(id, &headers, &properties, r.get(6)?, r.get(7)?, r.get(8)?),
+                        message: raw_message(
+                            id,
+                            &headers,
+                            &properties,
+                            r.get(6)?,
+                            r.get(7)?,
+                            r.get(8)?,
+                        ),
                     })
                 })?;
                 Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
@@ -621,7 +674,10 @@ impl DeadLetters for SqliteStore {
             .iter()
             .map(|id| {
                 id.parse::<i64>().map_err(|_| {
-                    BrokerError::new(ErrorKind::InvalidConfig, format!("{id:?} is not a dead letter id of this store"))
+                    BrokerError::new(
+                        ErrorKind::InvalidConfig,
+                        format!("{id:?} is not a dead letter id of this store"),
+                    )
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -638,7 +694,8 @@ impl DeadLetters for SqliteStore {
                 for id in &ids {
                     let moved = c.prepare_cached(sql::REQUEUE_DEAD)?.execute(params![id])?;
                     if moved > 0 {
-                        c.prepare_cached(sql::DELETE_DEAD_LETTER)?.execute(params![id])?;
+                        c.prepare_cached(sql::DELETE_DEAD_LETTER)?
+                            .execute(params![id])?;
                     }
                     n += moved as u64;
                 }

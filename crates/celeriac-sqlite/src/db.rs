@@ -234,7 +234,10 @@ pub(crate) trait WriteJob: Send {
     fn wake(&self) -> Wake;
     /// Reports the outcome once the transaction committed (or failed). May return a follow-up
     /// job (e.g. to requeue messages a cancelled fetch leased).
-    fn finish(self: Box<Self>, commit: Result<(), Arc<rusqlite::Error>>) -> Option<Box<dyn WriteJob>>;
+    fn finish(
+        self: Box<Self>,
+        commit: Result<(), Arc<rusqlite::Error>>,
+    ) -> Option<Box<dyn WriteJob>>;
 }
 
 pub(crate) type Undelivered<T> = Box<dyn FnOnce(T) -> Option<Box<dyn WriteJob>> + Send>;
@@ -270,7 +273,10 @@ where
         }
     }
 
-    fn finish(mut self: Box<Self>, commit: Result<(), Arc<rusqlite::Error>>) -> Option<Box<dyn WriteJob>> {
+    fn finish(
+        mut self: Box<Self>,
+        commit: Result<(), Arc<rusqlite::Error>>,
+    ) -> Option<Box<dyn WriteJob>> {
         let out: DbResult<T> = match (self.out.take(), commit) {
             (Some(Err(e)), _) => Err(e.into()),
             (_, Err(e)) => Err(DbError::Sqlite(e)),
@@ -339,7 +345,10 @@ fn exec(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
 
 /// Runs the jobs in one `BEGIN IMMEDIATE` transaction. With several jobs each runs in a
 /// savepoint so a failing one is rolled back alone; a lone failing job rolls back everything.
-fn run_group(conn: &Connection, group: &mut [Box<dyn WriteJob>]) -> Result<(), Arc<rusqlite::Error>> {
+fn run_group(
+    conn: &Connection,
+    group: &mut [Box<dyn WriteJob>],
+) -> Result<(), Arc<rusqlite::Error>> {
     exec(conn, sql::BEGIN_IMMEDIATE).map_err(Arc::new)?;
     let single = group.len() == 1;
     let body = (|| -> rusqlite::Result<bool> {
@@ -441,7 +450,12 @@ impl Db {
 
     /// Like [`Db::write`]; when the caller stopped waiting (its future was dropped) before
     /// the result arrived, `undelivered` gets the result and may return a compensating job.
-    pub async fn write_or<T, F>(&self, wake: Wake, f: F, undelivered: Option<Undelivered<T>>) -> DbResult<T>
+    pub async fn write_or<T, F>(
+        &self,
+        wake: Wake,
+        f: F,
+        undelivered: Option<Undelivered<T>>,
+    ) -> DbResult<T>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,

@@ -116,10 +116,16 @@ impl SqliteStore {
     }
 
     /// Opens (creating if needed) the database file at `path`.
-    pub fn open(path: impl AsRef<Path>, options: SqliteOptions) -> Result<Arc<SqliteStore>, BrokerError> {
+    pub fn open(
+        path: impl AsRef<Path>,
+        options: SqliteOptions,
+    ) -> Result<Arc<SqliteStore>, BrokerError> {
         let path = path.as_ref();
         if path.as_os_str().is_empty() {
-            return Err(BrokerError::new(ErrorKind::InvalidConfig, "sqlite database path is empty"));
+            return Err(BrokerError::new(
+                ErrorKind::InvalidConfig,
+                "sqlite database path is empty",
+            ));
         }
         if options.visibility_timeout.is_zero() {
             return Err(BrokerError::new(
@@ -133,9 +139,10 @@ impl SqliteStore {
                 format!("cannot open sqlite database {}", path.display()),
                 s,
             ),
-            DbError::Corrupt(m) => {
-                BrokerError::new(ErrorKind::Storage, format!("sqlite database {}: {m}", path.display()))
-            }
+            DbError::Corrupt(m) => BrokerError::new(
+                ErrorKind::Storage,
+                format!("sqlite database {}: {m}", path.display()),
+            ),
             DbError::Closed => BrokerError::new(
                 ErrorKind::Unreachable,
                 format!("cannot open sqlite database {}", path.display()),
@@ -172,26 +179,38 @@ impl SqliteStore {
     fn broker_err(&self, op: &str, e: DbError) -> BrokerError {
         let path = self.inner.db.path.display();
         match e {
-            DbError::Sqlite(s) => {
-                BrokerError::with_source(ErrorKind::Storage, format!("{op} failed on sqlite database {path}"), s)
-            }
-            DbError::Closed => BrokerError::new(ErrorKind::Closed, format!("{op}: sqlite store {path} is closed")),
-            DbError::Corrupt(m) => {
-                BrokerError::new(ErrorKind::Protocol, format!("{op} on sqlite database {path}: {m}"))
-            }
+            DbError::Sqlite(s) => BrokerError::with_source(
+                ErrorKind::Storage,
+                format!("{op} failed on sqlite database {path}"),
+                s,
+            ),
+            DbError::Closed => BrokerError::new(
+                ErrorKind::Closed,
+                format!("{op}: sqlite store {path} is closed"),
+            ),
+            DbError::Corrupt(m) => BrokerError::new(
+                ErrorKind::Protocol,
+                format!("{op} on sqlite database {path}: {m}"),
+            ),
         }
     }
 
     fn backend_err(&self, op: &str, e: DbError) -> BackendError {
         let path = self.inner.db.path.display();
         match e {
-            DbError::Sqlite(s) => {
-                BackendError::with_source(ErrorKind::Storage, format!("{op} failed on sqlite database {path}"), s)
-            }
-            DbError::Closed => BackendError::new(ErrorKind::Closed, format!("{op}: sqlite store {path} is closed")),
-            DbError::Corrupt(m) => {
-                BackendError::new(ErrorKind::Protocol, format!("{op} on sqlite database {path}: {m}"))
-            }
+            DbError::Sqlite(s) => BackendError::with_source(
+                ErrorKind::Storage,
+                format!("{op} failed on sqlite database {path}"),
+                s,
+            ),
+            DbError::Closed => BackendError::new(
+                ErrorKind::Closed,
+                format!("{op}: sqlite store {path} is closed"),
+            ),
+            DbError::Corrupt(m) => BackendError::new(
+                ErrorKind::Protocol,
+                format!("{op} on sqlite database {path}: {m}"),
+            ),
         }
     }
 
@@ -225,10 +244,16 @@ fn parse_url(url: &str) -> Result<(PathBuf, SqliteOptions), BrokerError> {
         None => (rest, None),
     };
     if path.is_empty() {
-        return Err(invalid(format!("sqlite url {url:?} has an empty database path")));
+        return Err(invalid(format!(
+            "sqlite url {url:?} has an empty database path"
+        )));
     }
     let mut options = SqliteOptions::default();
-    for pair in query.into_iter().flat_map(|q| q.split('&')).filter(|p| !p.is_empty()) {
+    for pair in query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .filter(|p| !p.is_empty())
+    {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
         let secs = || -> Result<Duration, BrokerError> {
             value

@@ -253,7 +253,8 @@ pub const INSERT_DEAD: &str = "INSERT INTO dead_letters
     FROM messages WHERE id = ?1 AND (lease_owner = ?2 OR lease_owner IS NULL)";
 
 /// Removes message ?1 after [`INSERT_DEAD`] copied it.
-pub const DELETE_DEAD: &str = "DELETE FROM messages WHERE id = ?1 AND (lease_owner = ?2 OR lease_owner IS NULL)";
+pub const DELETE_DEAD: &str =
+    "DELETE FROM messages WHERE id = ?1 AND (lease_owner = ?2 OR lease_owner IS NULL)";
 
 // ----------------------------------------------------------------------------------------
 // Purge and stats
