@@ -462,12 +462,13 @@ impl Consumer for SqliteConsumer {
             return Ok(());
         }
         let ids = parse_tags(tags)?;
+        let owner = self.owner.clone();
         self.store
             .db()
             .write(Wake::Nothing, move |c| {
                 let mut stmt = c.prepare_cached(sql::ACK)?;
                 for id in &ids {
-                    stmt.execute(params![id])?;
+                    stmt.execute(params![id, &*owner])?;
                 }
                 Ok(())
             })

@@ -300,9 +300,9 @@ fn write_loop(conn: Connection, jobs: mpsc::Receiver<Box<dyn WriteJob>>, signals
     let mut follow_ups: Vec<Box<dyn WriteJob>> = Vec::new();
     loop {
         if follow_ups.is_empty() {
-            match jobs.recv() {
-                Ok(job) => group.push(job),
-                Err(_) => return,
+            match next_job(&jobs) {
+                Some(job) => group.push(job),
+                None => return,
             }
         } else {
             group.append(&mut follow_ups);
@@ -335,6 +335,23 @@ fn write_loop(conn: Connection, jobs: mpsc::Receiver<Box<dyn WriteJob>>, signals
         }
         if wake_results {
             signals.bump(Wake::Results);
+        }
+    }
+}
+
+/// How long the writer spins for the next job before sleeping: a caller awaiting its reply
+/// typically sends the next write within microseconds, and waking a sleeping thread costs
+/// more than the whole commit.
+const SPIN: Duration = Duration::from_micros(100);
+
+fn next_job(jobs: &mpsc::Receiver<Box<dyn WriteJob>>) -> Option<Box<dyn WriteJob>> {
+    let start = Instant::now();
+    loop {
+        match jobs.try_recv() {
+            Ok(job) => return Some(job),
+            Err(mpsc::TryRecvError::Disconnected) => return None,
+            Err(mpsc::TryRecvError::Empty) if start.elapsed() < SPIN => std::thread::yield_now(),
+            Err(mpsc::TryRecvError::Empty) => return jobs.recv().ok(),
         }
     }
 }

@@ -57,8 +57,10 @@ pub const ROLLBACK_TO: &str = "ROLLBACK TO job";
 /// Creates every table and index if missing.
 ///
 /// - `queues`: every queue name declared or published to, so stats can list them all.
-/// - `messages`: deliverable or leased messages. `id` is AUTOINCREMENT so ids are never
-///   reused (a delivery tag names one message forever) and increase in publish order (FIFO).
+/// - `messages`: deliverable or leased messages. `id` (the rowid) increases in publish order
+///   (FIFO): a new id is larger than every id present. It is not AUTOINCREMENT (that costs a
+///   page write per commit), so an id can come back after the newest message is deleted;
+///   every statement acting on a delivery tag therefore also checks the lease owner.
 ///   A message is *ready* when `lease_owner IS NULL`, *leased* (unacked) otherwise, until
 ///   `lease_until`. `delivered` counts deliveries (> 1 on a lease = redelivered).
 /// - `messages_ready`: partial index of ready rows in delivery order, so fetch reads exactly
@@ -78,7 +80,7 @@ CREATE TABLE IF NOT EXISTS queues (
 ) WITHOUT ROWID;
 
 CREATE TABLE IF NOT EXISTS messages (
-    id               INTEGER PRIMARY KEY AUTOINCREMENT,
+    id               INTEGER PRIMARY KEY,
     queue            TEXT    NOT NULL,
     priority         INTEGER NOT NULL,
     headers          TEXT    NOT NULL,
@@ -99,7 +101,7 @@ CREATE INDEX IF NOT EXISTS messages_owner
     ON messages (lease_owner) WHERE lease_owner IS NOT NULL;
 
 CREATE TABLE IF NOT EXISTS scheduled (
-    id               INTEGER PRIMARY KEY AUTOINCREMENT,
+    id               INTEGER PRIMARY KEY,
     due              INTEGER NOT NULL,
     queue            TEXT    NOT NULL,
     priority         INTEGER NOT NULL,
@@ -229,9 +231,10 @@ pub const NEXT_LEASE_EXPIRY: &str =
 // Consumer operations
 // ----------------------------------------------------------------------------------------
 
-/// Acknowledges message ?1: deletes it, whoever holds it now (the work is done; a second
-/// holder after a lapsed lease then finds nothing to ack). Ids are never reused.
-pub const ACK: &str = "DELETE FROM messages WHERE id = ?1";
+/// Acknowledges message ?1 held by owner ?2: deletes it. A consumer whose lease lapsed no
+/// longer owns the message, so its late ack does nothing (the message runs again: leases
+/// give at-least-once delivery), and a reused id is never deleted by a stale tag.
+pub const ACK: &str = "DELETE FROM messages WHERE id = ?1 AND lease_owner = ?2";
 
 /// Returns message ?1 to ready if owner ?2 still holds it (a message re-leased by another
 /// consumer after a lapsed lease is left alone).
@@ -245,16 +248,15 @@ pub const REQUEUE_OWNER: &str = "UPDATE messages SET lease_owner = NULL, lease_u
 /// Extends to ?2 (ms) the lease of every message owner ?1 holds. One statement (index).
 pub const KEEPALIVE: &str = "UPDATE messages SET lease_until = ?2 WHERE lease_owner = ?1";
 
-/// Copies message ?1 (if held by ?2 or by nobody) into `dead_letters` with reason ?3 at ?4.
-/// Followed by [`DELETE_DEAD`] with the same id.
+/// Copies message ?1 (if still held by owner ?2) into `dead_letters` with reason ?3 at ?4.
+/// Followed by [`DELETE_DEAD`] with the same id and owner.
 pub const INSERT_DEAD: &str = "INSERT INTO dead_letters
     (queue, priority, headers, properties, content_type, content_encoding, body, published_at, reason, at)
     SELECT queue, priority, headers, properties, content_type, content_encoding, body, published_at, ?3, ?4
-    FROM messages WHERE id = ?1 AND (lease_owner = ?2 OR lease_owner IS NULL)";
+    FROM messages WHERE id = ?1 AND lease_owner = ?2";
 
-/// Removes message ?1 after [`INSERT_DEAD`] copied it.
-pub const DELETE_DEAD: &str =
-    "DELETE FROM messages WHERE id = ?1 AND (lease_owner = ?2 OR lease_owner IS NULL)";
+/// Removes message ?1 held by ?2 after [`INSERT_DEAD`] copied it.
+pub const DELETE_DEAD: &str = "DELETE FROM messages WHERE id = ?1 AND lease_owner = ?2";
 
 // ----------------------------------------------------------------------------------------
 // Purge and stats

@@ -158,6 +158,18 @@ async fn lapsed_lease_is_redelivered() {
         waited >= Duration::from_millis(200) && waited < Duration::from_millis(1500),
         "{waited:?}"
     );
+    // The first holder's late ack must not remove the message now held by another.
+    dead.ack(&[got[0].tag.clone()]).await.unwrap();
+    let lengths = s.queue_stats().unwrap();
+    assert_eq!(
+        lengths.queue_lengths(&["q".into()]).await.unwrap()[0].unacked,
+        1
+    );
+    other.ack(&[again[0].tag.clone()]).await.unwrap();
+    assert_eq!(
+        lengths.queue_lengths(&["q".into()]).await.unwrap()[0].unacked,
+        0
+    );
     std::mem::forget(dead);
 }
 
