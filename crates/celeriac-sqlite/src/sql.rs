@@ -335,12 +335,14 @@ pub const PRUNE_REVOKED: &str = "DELETE FROM revoked WHERE at < ?1";
 
 /// Stores task ?1's meta JSON ?3 with status ?2 at ?4, expiring at ?5 (ms, NULL = never).
 /// A stored SUCCESS is never overwritten: a late duplicate (e.g. a redelivered run) loses.
+/// An expired row counts as absent (it is invisible to [`GET_RESULT`]) and is replaced.
 pub const STORE_RESULT: &str = "INSERT INTO results (task_id, status, meta, updated_at, expires_at)
     VALUES (?1, ?2, ?3, ?4, ?5)
     ON CONFLICT (task_id) DO UPDATE SET
         status = excluded.status, meta = excluded.meta,
         updated_at = excluded.updated_at, expires_at = excluded.expires_at
-    WHERE results.status != 'SUCCESS'";
+    WHERE results.status != 'SUCCESS'
+       OR (results.expires_at IS NOT NULL AND results.expires_at <= ?4)";
 
 /// Task ?1's meta JSON unless it expired before ?2 (ms).
 pub const GET_RESULT: &str = "SELECT meta FROM results

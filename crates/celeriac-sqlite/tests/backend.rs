@@ -132,10 +132,29 @@ async fn results_expire() {
     b.store(&meta("short", TaskState::Success, json!(3)), None)
         .await
         .unwrap();
-    assert!(
-        b.get("short").await.unwrap().is_none(),
-        "SUCCESS is still never overwritten, even expired"
-    );
+    assert_eq!(b.get("short").await.unwrap().unwrap().result, json!(3));
+    // Pruning removes expired rows for good (it runs at most once a minute per store).
+    b.store(
+        &meta("gone", TaskState::Success, json!(4)),
+        Some(Duration::from_millis(1)),
+    )
+    .await
+    .unwrap();
+    let fresh = db.reopen();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    fresh
+        .store(&meta("other", TaskState::Success, json!(5)), None)
+        .await
+        .unwrap();
+    let conn = rusqlite::Connection::open(db.path()).unwrap();
+    let rows: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM results WHERE task_id = 'gone'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(rows, 0, "expired rows are pruned");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
