@@ -141,7 +141,8 @@ pub trait Consumer: Send + Sync {
 
 #[async_trait]
 pub trait Purge: Send + Sync {
-    /// Removes every waiting message of `queue` (held and scheduled ones too); returns the count.
+    /// Removes every waiting message of `queue` (ready and scheduled; not those a worker holds);
+    /// returns the count.
     async fn purge(&self, queue: &str) -> Result<u64, BrokerError>;
 }
 

@@ -1,9 +1,9 @@
 //! Per-task rate limits: a task over its limit waits before it takes a pool slot, so other
 //! tasks keep running.
 
+use celeriac_core::rate::RateLimit;
 use std::collections::HashMap;
 use std::sync::Mutex;
-use celeriac_core::rate::RateLimit;
 use tokio::time::Instant;
 
 #[derive(Default)]

@@ -16,7 +16,12 @@ pub trait ErasedTask: Send + Sync {
     fn name(&self) -> &'static str;
     fn options(&self) -> &TaskOptions;
     /// Decodes the arguments (errors name the argument) and returns the run future.
-    fn call(&self, args: Vec<Value>, kwargs: Map<String, Value>, ctx: TaskContext) -> Result<TaskFuture, ArgError>;
+    fn call(
+        &self,
+        args: Vec<Value>,
+        kwargs: Map<String, Value>,
+        ctx: TaskContext,
+    ) -> Result<TaskFuture, ArgError>;
 }
 
 struct Typed<T: Task> {
@@ -33,12 +38,20 @@ impl<T: Task> ErasedTask for Typed<T> {
         &self.options
     }
 
-    fn call(&self, args: Vec<Value>, kwargs: Map<String, Value>, ctx: TaskContext) -> Result<TaskFuture, ArgError> {
+    fn call(
+        &self,
+        args: Vec<Value>,
+        kwargs: Map<String, Value>,
+        ctx: TaskContext,
+    ) -> Result<TaskFuture, ArgError> {
         let task = T::from_call(args, kwargs)?;
         Ok(Box::pin(async move {
             let output = task.run(ctx).await?;
             serde_json::to_value(output).map_err(|e| {
-                TaskError::failure("EncodeError", format!("{} returned a value that is not JSON: {e}", T::NAME))
+                TaskError::failure(
+                    "EncodeError",
+                    format!("{} returned a value that is not JSON: {e}", T::NAME),
+                )
             })
         }))
     }
@@ -61,7 +74,10 @@ impl Registry {
 
     /// Registers `T` with options that override its defaults (from configuration).
     pub fn register_with_options<T: Task>(&mut self, options: TaskOptions) {
-        let entry: Arc<dyn ErasedTask> = Arc::new(Typed::<T> { options, _task: PhantomData });
+        let entry: Arc<dyn ErasedTask> = Arc::new(Typed::<T> {
+            options,
+            _task: PhantomData,
+        });
         self.tasks.insert(T::NAME.to_string(), entry.clone());
         for alias in T::ALIASES {
             self.tasks.insert(alias.to_string(), entry.clone());

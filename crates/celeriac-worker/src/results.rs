@@ -13,7 +13,13 @@ pub struct MetaBuilder<'a> {
 }
 
 impl MetaBuilder<'_> {
-    pub fn build(&self, status: TaskState, result: Value, traceback: Option<String>, children: Option<Vec<Value>>) -> TaskMeta {
+    pub fn build(
+        &self,
+        status: TaskState,
+        result: Value,
+        traceback: Option<String>,
+        children: Option<Vec<Value>>,
+    ) -> TaskMeta {
         let h = &self.msg.headers;
         TaskMeta {
             task_id: h.id.clone(),
@@ -21,7 +27,11 @@ impl MetaBuilder<'_> {
             result,
             traceback,
             children,
-            date_done: if status.is_ready() { Some(Utc::now()) } else { None },
+            date_done: if status.is_ready() {
+                Some(Utc::now())
+            } else {
+                None
+            },
             group_id: h.group.clone(),
             parent_id: h.parent_id.clone(),
             extended: self.extended.then(|| ExtendedMeta {
@@ -40,17 +50,32 @@ impl MetaBuilder<'_> {
     }
 
     pub fn failure(&self, exc: &ExceptionInfo, traceback: Option<String>) -> TaskMeta {
-        self.build(TaskState::Failure, exc.to_value(), traceback, Some(Vec::new()))
+        self.build(
+            TaskState::Failure,
+            exc.to_value(),
+            traceback,
+            Some(Vec::new()),
+        )
     }
 
     pub fn started(&self) -> TaskMeta {
-        self.build(TaskState::Started, json!({"pid": std::process::id(), "hostname": self.hostname}), None, Some(Vec::new()))
+        self.build(
+            TaskState::Started,
+            json!({"pid": std::process::id(), "hostname": self.hostname}),
+            None,
+            Some(Vec::new()),
+        )
     }
 
     /// RETRY lists the retry message (same id) among the children, as Celery does.
     pub fn retry(&self, exc: &ExceptionInfo, traceback: Option<String>) -> TaskMeta {
         let child = json!([[self.msg.headers.id, null], null]);
-        self.build(TaskState::Retry, exc.to_value(), traceback, Some(vec![child]))
+        self.build(
+            TaskState::Retry,
+            exc.to_value(),
+            traceback,
+            Some(vec![child]),
+        )
     }
 
     /// `reason` is `revoked`, `terminated` or `expired`.

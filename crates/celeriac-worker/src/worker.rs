@@ -48,7 +48,9 @@ impl Default for WorkerConfig {
         WorkerConfig {
             hostname: format!("celery@{}", celeriac_core::message::hostname()),
             queues: vec!["celery".into()],
-            concurrency: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+            concurrency: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2),
             prefetch_multiplier: 4,
             result_expires: Some(Duration::from_secs(86_400)),
             result_extended: false,
@@ -168,11 +170,20 @@ impl Worker {
         config: WorkerConfig,
     ) -> Self {
         let (phase, _) = watch::channel(Phase::Running);
-        Worker { broker, backend, registry, config, phase: Arc::new(phase), counters: Arc::default() }
+        Worker {
+            broker,
+            backend,
+            registry,
+            config,
+            phase: Arc::new(phase),
+            counters: Arc::default(),
+        }
     }
 
     pub fn shutdown_handle(&self) -> ShutdownHandle {
-        ShutdownHandle { phase: self.phase.clone() }
+        ShutdownHandle {
+            phase: self.phase.clone(),
+        }
     }
 
     pub fn config(&self) -> &WorkerConfig {
@@ -208,7 +219,12 @@ impl Worker {
             conc = c.concurrency,
             prefetch = c.concurrency * c.prefetch_multiplier,
             mult = c.prefetch_multiplier,
-            queues = c.queues.iter().map(|q| format!("                .> {q}")).collect::<Vec<_>>().join("\n"),
+            queues = c
+                .queues
+                .iter()
+                .map(|q| format!("                .> {q}"))
+                .collect::<Vec<_>>()
+                .join("\n"),
         )
     }
 
@@ -216,11 +232,17 @@ impl Worker {
     pub async fn run(self) -> Result<(), WorkerError> {
         let config = self.config.clone();
         for q in &config.queues {
-            self.broker.declare_queue(q).await.map_err(WorkerError::Broker)?;
+            self.broker
+                .declare_queue(q)
+                .await
+                .map_err(WorkerError::Broker)?;
         }
         let consumer: Arc<dyn Consumer> = Arc::from(
             self.broker
-                .consumer(ConsumerSpec { queues: config.queues.clone(), name: config.hostname.clone() })
+                .consumer(ConsumerSpec {
+                    queues: config.queues.clone(),
+                    name: config.hostname.clone(),
+                })
                 .await
                 .map_err(WorkerError::Broker)?,
         );
@@ -253,7 +275,10 @@ impl Worker {
         let deadline = tokio::time::sleep(shared.config.shutdown_timeout);
         tokio::pin!(deadline);
         if !handlers.is_empty() {
-            info!(tasks = handlers.len(), "shutting down: waiting for running tasks (signal again to stop now)");
+            info!(
+                tasks = handlers.len(),
+                "shutting down: waiting for running tasks (signal again to stop now)"
+            );
         }
         loop {
             tokio::select! {
@@ -285,7 +310,9 @@ impl Worker {
 }
 
 async fn fetch_loop(shared: &Arc<Shared>, handlers: &mut JoinSet<()>) {
-    let window = Arc::new(Semaphore::new(shared.config.concurrency.max(1) * shared.config.prefetch_multiplier.max(1)));
+    let window = Arc::new(Semaphore::new(
+        shared.config.concurrency.max(1) * shared.config.prefetch_multiplier.max(1),
+    ));
     let mut phase = shared.phase.clone();
     let mut failures = 0u32;
     loop {
@@ -345,7 +372,10 @@ async fn ack_loop(consumer: Arc<dyn Consumer>, mut rx: mpsc::UnboundedReceiver<D
             }
         }
         if let Err(e) = consumer.ack(&batch).await {
-            error!("could not ack {} messages (they will be delivered again): {e}", batch.len());
+            error!(
+                "could not ack {} messages (they will be delivered again): {e}",
+                batch.len()
+            );
         }
         batch.clear();
     }
@@ -382,15 +412,25 @@ impl Shared {
     }
 
     async fn sync_revocations(&self) {
-        let Some(revocations) = self.broker.revocations() else { return };
-        let cursor = self.revoked.lock().unwrap_or_else(|p| p.into_inner()).cursor;
+        let Some(revocations) = self.broker.revocations() else {
+            return;
+        };
+        let cursor = self
+            .revoked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .cursor;
         match revocations.revocations_since(cursor).await {
             Ok((items, next)) => {
                 let mut set = self.revoked.lock().unwrap_or_else(|p| p.into_inner());
                 set.cursor = next.max(set.cursor);
                 for r in items {
                     if r.terminate {
-                        let running = self.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&r.task_id);
+                        let running = self
+                            .running
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .remove(&r.task_id);
                         if let Some(stop) = running {
                             info!(task_id = %r.task_id, "terminating revoked task");
                             let _ = stop.send(StopReason::Terminate);
@@ -404,18 +444,31 @@ impl Shared {
     }
 
     fn is_revoked(&self, id: &str) -> bool {
-        self.revoked.lock().unwrap_or_else(|p| p.into_inner()).ids.contains(id)
+        self.revoked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .ids
+            .contains(id)
     }
 
     fn stop_all_running(&self) {
-        let running: Vec<_> = self.running.lock().unwrap_or_else(|p| p.into_inner()).drain().collect();
+        let running: Vec<_> = self
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+            .collect();
         for (_, stop) in running {
             let _ = stop.send(StopReason::Cold);
         }
     }
 
     async fn store(&self, meta: &TaskMeta) {
-        let expires = if meta.status.is_ready() { self.config.result_expires } else { None };
+        let expires = if meta.status.is_ready() {
+            self.config.result_expires
+        } else {
+            None
+        };
         if let Err(e) = self.backend.store(meta, expires).await {
             error!(task_id = %meta.task_id, "could not store {} result: {e}", meta.status);
         }
@@ -423,7 +476,10 @@ impl Shared {
 
     async fn settle(&self, tag: &DeliveryTag, settle: Settle) {
         let result = match settle {
-            Settle::Ack => self.acks.send(tag.clone()).map_err(|_| BrokerError::new(celeriac_core::ErrorKind::Closed, "acker stopped")),
+            Settle::Ack => self
+                .acks
+                .send(tag.clone())
+                .map_err(|_| BrokerError::new(celeriac_core::ErrorKind::Closed, "acker stopped")),
             Settle::Requeue => self.consumer.requeue(std::slice::from_ref(tag)).await,
             Settle::Done => Ok(()),
         };
@@ -435,7 +491,10 @@ impl Shared {
     async fn dead_letter(&self, delivery: &Delivery, reason: &str) {
         self.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = self.consumer.dead_letter(&delivery.tag, reason).await {
-            error!("could not move message {} to the dead-letter queue ({reason}): {e}", delivery.tag.0);
+            error!(
+                "could not move message {} to the dead-letter queue ({reason}): {e}",
+                delivery.tag.0
+            );
         }
     }
 
@@ -445,7 +504,8 @@ impl Shared {
             Err(e) => {
                 let id = delivery.message.task_id().unwrap_or("?");
                 error!(queue = %delivery.queue, task_id = id, "cannot decode message, moving it to the dead-letter queue: {e}");
-                self.dead_letter(&delivery, &format!("{}: {e}", e.code())).await;
+                self.dead_letter(&delivery, &format!("{}: {e}", e.code()))
+                    .await;
                 return;
             }
         };
@@ -461,7 +521,14 @@ impl Shared {
             let mut meta = builder.failure(&exc, None);
             meta.children = Some(Vec::new());
             self.store(&meta).await;
-            self.dead_letter(&delivery, &format!("unknown-task: {:?} is not registered on {}", msg.headers.task, self.config.hostname)).await;
+            self.dead_letter(
+                &delivery,
+                &format!(
+                    "unknown-task: {:?} is not registered on {}",
+                    msg.headers.task, self.config.hostname
+                ),
+            )
+            .await;
             return;
         };
         let settle = self.execute(&delivery, &msg, &builder, task.as_ref()).await;
@@ -469,7 +536,13 @@ impl Shared {
     }
 
     /// Everything between receipt and the final state. Returns what to do with the message.
-    async fn execute(&self, delivery: &Delivery, msg: &TaskMessage, builder: &MetaBuilder<'_>, task: &dyn ErasedTask) -> Settle {
+    async fn execute(
+        &self,
+        delivery: &Delivery,
+        msg: &TaskMessage,
+        builder: &MetaBuilder<'_>,
+        task: &dyn ErasedTask,
+    ) -> Settle {
         let h = &msg.headers;
         debug!(task_id = %h.id, "Task {}[{}] received", h.task, h.id);
         if h.expires.is_some_and(|t| t <= Utc::now()) {
@@ -524,7 +597,12 @@ impl Shared {
         if options.track_started && !(h.ignore_result || options.ignore_result) {
             self.store(&builder.started()).await;
         }
-        let mut ctx = TaskContext::new(h.id.clone(), h.task.clone(), self.config.hostname.clone(), delivery.queue.clone());
+        let mut ctx = TaskContext::new(
+            h.id.clone(),
+            h.task.clone(),
+            self.config.hostname.clone(),
+            delivery.queue.clone(),
+        );
         ctx.retries = h.retries;
         ctx.root_id = h.root_id.clone();
         ctx.parent_id = h.parent_id.clone();
@@ -537,13 +615,21 @@ impl Shared {
         let soft = h.soft_time_limit.and_then(secs).or(options.soft_time_limit);
 
         let (stop_tx, stop_rx) = oneshot::channel();
-        self.running.lock().unwrap_or_else(|p| p.into_inner()).insert(h.id.clone(), stop_tx);
+        self.running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(h.id.clone(), stop_tx);
         let started = Instant::now();
         let ending = match task.call(msg.args.clone(), msg.kwargs.clone(), ctx) {
             Ok(future) => run_with_limits(future, soft, hard, soft_handle, stop_rx).await,
-            Err(arg_error) => Ending::Finished(Err(TaskError::failure("TypeError", arg_error.to_string()))),
+            Err(arg_error) => {
+                Ending::Finished(Err(TaskError::failure("TypeError", arg_error.to_string())))
+            }
         };
-        self.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&h.id);
+        self.running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&h.id);
         let runtime = started.elapsed().as_secs_f64();
         let keep_result = !(h.ignore_result || options.ignore_result);
         let done = if acks_late { Settle::Ack } else { Settle::Done };
@@ -557,18 +643,41 @@ impl Shared {
                 }
                 done
             }
-            Ending::Finished(Err(TaskError::Failure { exception, traceback })) => {
-                if options.autoretry_for.iter().any(|k| *k == exception.exc_type) {
+            Ending::Finished(Err(TaskError::Failure {
+                exception,
+                traceback,
+            })) => {
+                if options
+                    .autoretry_for
+                    .iter()
+                    .any(|k| *k == exception.exc_type)
+                {
                     let countdown = match &options.retry_backoff {
                         Some(backoff) => backoff.delay(h.retries),
                         None => options.default_retry_delay,
                     };
-                    return self.retry(delivery, msg, builder, options, Some(countdown), Some(exception), traceback, done).await;
+                    return self
+                        .retry(
+                            delivery,
+                            msg,
+                            builder,
+                            options,
+                            Some(countdown),
+                            Some(exception),
+                            traceback,
+                            done,
+                        )
+                        .await;
                 }
                 self.fail(builder, &exception, traceback, runtime).await;
                 done
             }
-            Ending::Finished(Err(TaskError::Retry { countdown, eta, exception, max_retries })) => {
+            Ending::Finished(Err(TaskError::Retry {
+                countdown,
+                eta,
+                exception,
+                max_retries,
+            })) => {
                 let mut options = options.clone();
                 if max_retries.is_some() {
                     options.max_retries = max_retries;
@@ -578,7 +687,10 @@ impl Shared {
                     (None, Some(eta)) => Some((eta - Utc::now()).to_std().unwrap_or_default()),
                     (None, None) => None,
                 };
-                self.retry(delivery, msg, builder, &options, countdown, exception, None, done).await
+                self.retry(
+                    delivery, msg, builder, &options, countdown, exception, None, done,
+                )
+                .await
             }
             Ending::Finished(Err(TaskError::Reject { reason, requeue })) => {
                 if requeue && acks_late {
@@ -586,7 +698,11 @@ impl Shared {
                     return Settle::Requeue;
                 }
                 warn!(task_id = %h.id, "Task {}[{}] rejected: {reason}", h.task, h.id);
-                let exc = ExceptionInfo { exc_type: "Reject".into(), exc_module: "celery.exceptions".into(), exc_message: vec![json!(reason), json!(requeue)] };
+                let exc = ExceptionInfo {
+                    exc_type: "Reject".into(),
+                    exc_module: "celery.exceptions".into(),
+                    exc_message: vec![json!(reason), json!(requeue)],
+                };
                 self.counters.failed.fetch_add(1, Ordering::Relaxed);
                 self.store(&builder.failure(&exc, None)).await;
                 done
@@ -598,9 +714,19 @@ impl Shared {
                 done
             }
             Ending::HardTimeLimit(limit) => {
-                let exc = ExceptionInfo::new("TimeLimitExceeded", format!("{}", limit.as_secs_f64()));
+                let exc =
+                    ExceptionInfo::new("TimeLimitExceeded", format!("{}", limit.as_secs_f64()));
                 error!(task_id = %h.id, "Task {}[{}] hard time limit ({}s) exceeded: stopped", h.task, h.id, limit.as_secs_f64());
-                self.fail(builder, &exc, Some(format!("TimeLimitExceeded: task ran longer than {}s", limit.as_secs_f64())), runtime).await;
+                self.fail(
+                    builder,
+                    &exc,
+                    Some(format!(
+                        "TimeLimitExceeded: task ran longer than {}s",
+                        limit.as_secs_f64()
+                    )),
+                    runtime,
+                )
+                .await;
                 done
             }
             Ending::Stopped(StopReason::Terminate) => {
@@ -613,7 +739,10 @@ impl Shared {
                     warn!(task_id = %h.id, "Task {}[{}] stopped by shutdown: returned to its queue", h.task, h.id);
                     Settle::Requeue
                 } else {
-                    let exc = ExceptionInfo::new("WorkerLostError", "worker shut down while the task was running");
+                    let exc = ExceptionInfo::new(
+                        "WorkerLostError",
+                        "worker shut down while the task was running",
+                    );
                     self.fail(builder, &exc, None, runtime).await;
                     Settle::Done
                 }
@@ -621,7 +750,13 @@ impl Shared {
         }
     }
 
-    async fn fail(&self, builder: &MetaBuilder<'_>, exc: &ExceptionInfo, traceback: Option<String>, runtime: f64) {
+    async fn fail(
+        &self,
+        builder: &MetaBuilder<'_>,
+        exc: &ExceptionInfo,
+        traceback: Option<String>,
+        runtime: f64,
+    ) {
         let h = &builder.msg.headers;
         error!(task_id = %h.id, "Task {}[{}] raised unexpected: {} (after {runtime:.3}s)", h.task, h.id, exc.repr());
         self.counters.failed.fetch_add(1, Ordering::Relaxed);
@@ -647,7 +782,13 @@ impl Shared {
             let exc = exception.unwrap_or_else(|| {
                 ExceptionInfo::new(
                     "MaxRetriesExceededError",
-                    format!("Can't retry {}[{}] args:{} kwargs:{}", h.task, h.id, h.argsrepr.as_deref().unwrap_or("()"), h.kwargsrepr.as_deref().unwrap_or("{}")),
+                    format!(
+                        "Can't retry {}[{}] args:{} kwargs:{}",
+                        h.task,
+                        h.id,
+                        h.argsrepr.as_deref().unwrap_or("()"),
+                        h.kwargsrepr.as_deref().unwrap_or("{}")
+                    ),
                 )
             });
             self.fail(builder, &exc, traceback, 0.0).await;
@@ -659,6 +800,8 @@ impl Shared {
         next.headers.retries = h.retries + 1;
         next.headers.eta = Some(eta);
         next.headers.parent_id = Some(h.id.clone());
+        // Transport properties of the old delivery (its TTL, tags) must not ride along.
+        next.properties.extra.clear();
         let publish = Publish {
             queue: delivery.queue.clone(),
             priority: msg.properties.priority,
@@ -673,7 +816,10 @@ impl Shared {
                 other => other,
             };
         }
-        let exc = exception.unwrap_or_else(|| ExceptionInfo::new("Retry", format!("Retry in {}s", countdown.as_secs_f64())).with_module("celery.exceptions"));
+        let exc = exception.unwrap_or_else(|| {
+            ExceptionInfo::new("Retry", format!("Retry in {}s", countdown.as_secs_f64()))
+                .with_module("celery.exceptions")
+        });
         info!(task_id = %h.id, "Task {}[{}] retry: Retry in {}s: {}", h.task, h.id, countdown.as_secs_f64(), exc.repr());
         self.counters.retried.fetch_add(1, Ordering::Relaxed);
         if !(h.ignore_result || options.ignore_result) {

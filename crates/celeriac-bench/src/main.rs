@@ -1,0 +1,226 @@
+//! `cargo run --release -p celeriac-bench -- [--broker URL] [-n N]`
+//!
+//! Measures, for no-op tasks on any broker: enqueue rate with one `apply_async` per task and
+//! with the bulk API, drain rate of one worker process (acks and results included),
+//! send→start latency p50/p99 at a steady rate, and the worker's peak RSS.
+//! With no `--broker`, a fresh embedded store in a temp directory is used.
+//!
+//! The worker is this same binary run as `celeriac-bench worker ...` (the bench's tasks live
+//! here), so the figures are for a separate worker process, as in production.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use celeriac::{task, App};
+use clap::Parser;
+
+#[task(name = "bench.noop")]
+async fn noop() {}
+
+/// Returns how many microseconds passed between the send and the start.
+#[task(name = "bench.stamp")]
+async fn stamp(sent_micros: i64) -> i64 {
+    now_micros() - sent_micros
+}
+
+fn now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+fn app(broker: &str) -> App {
+    App::builder("bench")
+        .broker_url(broker)
+        .task::<noop>()
+        .task::<stamp>()
+        .build()
+}
+
+#[derive(Parser, Debug)]
+#[command(about = "celeriac benchmark")]
+struct Opts {
+    /// Broker URL (default: a fresh sqlite file in a temp dir).
+    #[arg(long)]
+    broker: Option<String>,
+    /// Tasks per enqueue phase (the drain phase runs both phases' tasks: 2 × N).
+    #[arg(short = 'n', long, default_value_t = 50_000)]
+    n: usize,
+    /// Latency phase: number of tasks.
+    #[arg(long, default_value_t = 2_000)]
+    latency_tasks: usize,
+    /// Latency phase: tasks per second.
+    #[arg(long, default_value_t = 500)]
+    rate: u64,
+    /// Worker concurrency.
+    #[arg(short = 'c', long, default_value_t = 100)]
+    concurrency: usize,
+}
+
+fn main() -> std::process::ExitCode {
+    if std::env::args().nth(1).as_deref() == Some("worker") {
+        // Child mode: the worker process (reads CELERIAC_BROKER_URL).
+        return celeriac_cli::run(App::builder("bench").task::<noop>().task::<stamp>().build());
+    }
+    let opts = Opts::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match runtime.block_on(bench(opts)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+struct TempDb(Option<std::path::PathBuf>);
+
+impl Drop for TempDb {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.0 {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+async fn bench(opts: Opts) -> Result<(), Box<dyn std::error::Error>> {
+    let (url, _temp) = match &opts.broker {
+        Some(url) => (url.clone(), TempDb(None)),
+        None => {
+            let dir = std::env::temp_dir().join(format!("celeriac-bench-{}", std::process::id()));
+            std::fs::create_dir_all(&dir)?;
+            (
+                format!("sqlite://{}", dir.join("bench.db").display()),
+                TempDb(Some(dir)),
+            )
+        }
+    };
+    let app = app(&url);
+    app.connect().await?;
+    let broker = app.broker().await?;
+    if let Some(purge) = broker.purge() {
+        purge.purge("celery").await?;
+    }
+    println!("broker: {}", broker.display_url());
+    println!("tasks per enqueue phase: {}", opts.n);
+
+    // 1. Enqueue, one apply_async per task.
+    let started = Instant::now();
+    for _ in 0..opts.n {
+        noop::s().apply_async(&app).await?;
+    }
+    let single = opts.n as f64 / started.elapsed().as_secs_f64();
+    println!("enqueue (single apply_async): {single:>10.0} tasks/s");
+
+    // 2. Enqueue in bulk.
+    let started = Instant::now();
+    let mut left = opts.n;
+    while left > 0 {
+        let batch = left.min(10_000);
+        app.send_batch((0..batch).map(|_| noop::s().into_call()).collect())
+            .await?;
+        left -= batch;
+    }
+    let bulk = opts.n as f64 / started.elapsed().as_secs_f64();
+    println!("enqueue (bulk send_batch):    {bulk:>10.0} tasks/s");
+
+    // 3. Drain: one worker process, acks and results included.
+    let total = 2 * opts.n as u64;
+    let started = Instant::now();
+    let mut worker = spawn_worker(&url, opts.concurrency)?;
+    wait_drained(&app).await?;
+    let drain = total as f64 / started.elapsed().as_secs_f64();
+    println!("drain ({total} tasks, 1 worker process, -c {}): {drain:>10.0} tasks/s (incl. process start)", opts.concurrency);
+    let rss_after_drain = peak_rss_kib(worker.id());
+
+    // 4. Latency at a steady rate, worker idle and warm.
+    let interval = Duration::from_secs_f64(1.0 / opts.rate.max(1) as f64);
+    let mut pending = Vec::with_capacity(opts.latency_tasks);
+    let mut next = tokio::time::Instant::now();
+    for _ in 0..opts.latency_tasks {
+        tokio::time::sleep_until(next).await;
+        next += interval;
+        pending.push(stamp::s(now_micros()).apply_async(&app).await?);
+    }
+    let mut latencies = Vec::with_capacity(pending.len());
+    for r in pending {
+        latencies.push(r.get(Duration::from_secs(60)).await?);
+    }
+    latencies.sort_unstable();
+    let pct =
+        |p: f64| latencies[((latencies.len() as f64 - 1.0) * p).round() as usize] as f64 / 1000.0;
+    println!(
+        "send->start latency at {}/s ({} tasks): p50 {:.3} ms, p99 {:.3} ms",
+        opts.rate,
+        latencies.len(),
+        pct(0.50),
+        pct(0.99)
+    );
+
+    let peak = peak_rss_kib(worker.id()).max(rss_after_drain);
+    println!(
+        "worker peak RSS: {:.1} MB (with {total} tasks queued at start)",
+        peak as f64 / 1024.0
+    );
+    stop(&mut worker);
+    Ok(())
+}
+
+fn spawn_worker(url: &str, concurrency: usize) -> std::io::Result<Child> {
+    Command::new(std::env::current_exe()?)
+        .args([
+            "worker",
+            "-l",
+            "warn",
+            "-c",
+            &concurrency.to_string(),
+            "-n",
+            "bench@localhost",
+        ])
+        .env("CELERIAC_BROKER_URL", url)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+}
+
+async fn wait_drained(app: &App) -> Result<(), Box<dyn std::error::Error>> {
+    let broker = app.broker().await?;
+    let stats = broker
+        .queue_stats()
+        .ok_or("this broker cannot report queue lengths")?;
+    loop {
+        let lengths = stats.queue_lengths(&["celery".to_string()]).await?;
+        if lengths
+            .iter()
+            .all(|q| q.ready == 0 && q.unacked == 0 && q.scheduled == 0)
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// VmHWM (peak resident set) of a process, in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn stop(worker: &mut Child) {
+    // SAFETY-free: `kill` is a plain syscall wrapper; SIGTERM asks for a warm shutdown.
+    let _ = Command::new("kill")
+        .args(["-TERM", &worker.id().to_string()])
+        .status();
+    let _ = worker.wait();
+}

@@ -1,0 +1,199 @@
+//! The app: configuration, the task registry, and the connections opened from them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use celeriac_core::task::{Task, TaskOptions};
+use celeriac_core::{Broker, ResultBackend};
+use celeriac_worker::{Registry, Worker, WorkerConfig};
+use tokio::sync::OnceCell;
+
+use crate::config::Config;
+use crate::connect::{self, Connections};
+use crate::error::Error;
+
+/// An app: cheap to clone, shared by clients and workers. Connections open on first use.
+#[derive(Clone)]
+pub struct App {
+    inner: Arc<AppInner>,
+}
+
+struct AppInner {
+    name: String,
+    config: Config,
+    registry: Arc<Registry>,
+    connections: OnceCell<Connections>,
+    oid: String,
+}
+
+pub struct AppBuilder {
+    name: String,
+    config: Config,
+    registry: Registry,
+}
+
+impl AppBuilder {
+    /// Sets `broker_url` (the environment variable `CELERIAC_BROKER_URL` still wins).
+    pub fn broker_url(mut self, url: impl Into<String>) -> Self {
+        self.config.broker_url = Some(url.into());
+        self
+    }
+
+    /// Sets `result_backend` (the environment variable `CELERIAC_RESULT_BACKEND` still wins).
+    pub fn result_backend(mut self, url: impl Into<String>) -> Self {
+        self.config.result_backend = Some(url.into());
+        self
+    }
+
+    /// Registers a task with its own default options.
+    pub fn task<T: Task>(mut self) -> Self {
+        self.registry.register::<T>();
+        self
+    }
+
+    /// Registers a task with options changed from its defaults.
+    pub fn task_with<T: Task>(mut self, change: impl FnOnce(&mut TaskOptions)) -> Self {
+        let mut options = T::options();
+        change(&mut options);
+        self.registry.register_with_options::<T>(options);
+        self
+    }
+
+    /// Adds a `task_routes` entry: tasks matching `pattern` (`*` wildcards) go to `queue`.
+    pub fn route(mut self, pattern: impl Into<String>, queue: impl Into<String>) -> Self {
+        self.config.task_routes.push((pattern.into(), queue.into()));
+        self
+    }
+
+    /// Changes any other setting.
+    pub fn configure(mut self, change: impl FnOnce(&mut Config)) -> Self {
+        change(&mut self.config);
+        self
+    }
+
+    pub fn build(self) -> App {
+        App {
+            inner: Arc::new(AppInner {
+                name: self.name,
+                config: self.config,
+                registry: Arc::new(self.registry),
+                connections: OnceCell::new(),
+                oid: celeriac_core::message::new_id(),
+            }),
+        }
+    }
+}
+
+impl App {
+    pub fn builder(name: impl Into<String>) -> AppBuilder {
+        AppBuilder {
+            name: name.into(),
+            config: Config::default(),
+            registry: Registry::new(),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.inner.registry
+    }
+
+    /// The app's id, sent as `reply_to` like Celery's app `oid`.
+    pub(crate) fn oid(&self) -> &str {
+        &self.inner.oid
+    }
+
+    /// A copy of this app with settings changed (connections are opened anew).
+    pub fn reconfigured(&self, change: impl FnOnce(&mut Config)) -> App {
+        let mut config = self.inner.config.clone();
+        change(&mut config);
+        App {
+            inner: Arc::new(AppInner {
+                name: self.inner.name.clone(),
+                config,
+                registry: self.inner.registry.clone(),
+                connections: OnceCell::new(),
+                oid: self.inner.oid.clone(),
+            }),
+        }
+    }
+
+    async fn connections(&self) -> Result<&Connections, Error> {
+        self.inner
+            .connections
+            .get_or_try_init(|| async {
+                let broker = self.inner.config.resolved_broker_url();
+                let backend = self.inner.config.resolved_backend_url();
+                connect::open(&broker, &backend)
+            })
+            .await
+    }
+
+    /// Opens the broker and result backend now, reporting a bad URL or an unreachable engine.
+    pub async fn connect(&self) -> Result<(), Error> {
+        self.connections().await.map(|_| ())
+    }
+
+    pub async fn broker(&self) -> Result<Arc<dyn Broker>, Error> {
+        Ok(self.connections().await?.broker.clone())
+    }
+
+    pub async fn backend(&self) -> Result<Arc<dyn ResultBackend>, Error> {
+        Ok(self.connections().await?.backend.clone())
+    }
+
+    /// The worker settings this app's configuration gives, before command-line changes.
+    pub fn worker_config(&self) -> WorkerConfig {
+        let c = &self.inner.config;
+        let mut w = WorkerConfig {
+            queues: vec![c.task_default_queue.clone()],
+            ..WorkerConfig::default()
+        };
+        if let Some(n) = c.worker_concurrency {
+            w.concurrency = n;
+        }
+        w.prefetch_multiplier = c.worker_prefetch_multiplier;
+        w.result_expires = c.result_expires;
+        w.result_extended = c.result_extended;
+        w.shutdown_timeout = c.worker_shutdown_timeout;
+        w
+    }
+
+    /// A worker for this app's tasks; run it with [`Worker::run`], stop it with its
+    /// [`ShutdownHandle`](celeriac_worker::ShutdownHandle).
+    pub async fn worker(&self, config: WorkerConfig) -> Result<Worker, Error> {
+        let c = self.connections().await?;
+        Ok(Worker::new(
+            c.broker.clone(),
+            c.backend.clone(),
+            self.inner.registry.clone(),
+            config,
+        ))
+    }
+
+    /// Revokes tasks durably: they never run, on any worker, even after restarts. With
+    /// `terminate`, a running one is stopped.
+    pub async fn revoke(&self, task_ids: &[String], terminate: bool) -> Result<(), Error> {
+        let broker = self.broker().await?;
+        let revocations = broker.revocations().ok_or_else(|| {
+            Error::Config(format!(
+                "broker {} does not support revokes",
+                broker.display_url()
+            ))
+        })?;
+        revocations.revoke(task_ids, terminate).await?;
+        Ok(())
+    }
+
+    /// How long ready results are kept.
+    pub fn result_expires(&self) -> Option<Duration> {
+        self.inner.config.result_expires
+    }
+}

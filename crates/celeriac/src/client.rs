@@ -1,0 +1,276 @@
+//! Sending tasks: typed [`Signature`]s for Rust tasks, [`Call`]s by name for any task
+//! (Python ones included), both with Celery's `apply_async` options.
+
+use std::time::Duration;
+
+use celeriac_core::broker::Publish;
+use celeriac_core::message::{CallSpec, TaskMessage};
+use celeriac_core::task::{Task, TaskOptions};
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value};
+
+use crate::app::App;
+use crate::error::Error;
+use crate::result::AsyncResult;
+
+/// `apply_async` options. Unset ones fall back to the task's defaults and the app's routes.
+#[derive(Debug, Clone, Default)]
+pub struct CallOptions {
+    pub countdown: Option<Duration>,
+    pub eta: Option<DateTime<Utc>>,
+    pub expires_in: Option<Duration>,
+    pub expires_at: Option<DateTime<Utc>>,
+    /// 0..=9, 9 most urgent.
+    pub priority: Option<u8>,
+    pub queue: Option<String>,
+    pub task_id: Option<String>,
+    pub headers: Map<String, Value>,
+    pub ignore_result: Option<bool>,
+    pub time_limit: Option<Duration>,
+    pub soft_time_limit: Option<Duration>,
+}
+
+macro_rules! option_setters {
+    () => {
+        /// Run no earlier than `delay` from now.
+        pub fn countdown(mut self, delay: Duration) -> Self {
+            self.options.countdown = Some(delay);
+            self
+        }
+        /// Run no earlier than `at`.
+        pub fn eta(mut self, at: DateTime<Utc>) -> Self {
+            self.options.eta = Some(at);
+            self
+        }
+        /// Drop the task (REVOKED, reason `expired`) if it has not started within `after`.
+        pub fn expires_in(mut self, after: Duration) -> Self {
+            self.options.expires_in = Some(after);
+            self
+        }
+        /// Drop the task if it has not started by `at`.
+        pub fn expires_at(mut self, at: DateTime<Utc>) -> Self {
+            self.options.expires_at = Some(at);
+            self
+        }
+        /// 0..=9, 9 most urgent.
+        pub fn priority(mut self, priority: u8) -> Self {
+            self.options.priority = Some(priority.min(9));
+            self
+        }
+        /// Send to this queue (overrides routes and the task's queue).
+        pub fn queue(mut self, queue: impl Into<String>) -> Self {
+            self.options.queue = Some(queue.into());
+            self
+        }
+        /// Use this task id instead of a fresh one.
+        pub fn task_id(mut self, id: impl Into<String>) -> Self {
+            self.options.task_id = Some(id.into());
+            self
+        }
+        /// Adds a custom message header.
+        pub fn header(mut self, name: impl Into<String>, value: impl Into<Value>) -> Self {
+            self.options.headers.insert(name.into(), value.into());
+            self
+        }
+        pub fn ignore_result(mut self, ignore: bool) -> Self {
+            self.options.ignore_result = Some(ignore);
+            self
+        }
+        /// Hard time limit for this call (overrides the task's).
+        pub fn time_limit(mut self, limit: Duration) -> Self {
+            self.options.time_limit = Some(limit);
+            self
+        }
+        /// Soft time limit for this call (overrides the task's).
+        pub fn soft_time_limit(mut self, limit: Duration) -> Self {
+            self.options.soft_time_limit = Some(limit);
+            self
+        }
+        pub fn options(mut self, options: CallOptions) -> Self {
+            self.options = options;
+            self
+        }
+    };
+}
+
+/// A typed call of a Rust task: `add::s(2, 3).countdown(..).apply_async(&app)`.
+pub struct Signature<T: Task> {
+    task: T,
+    options: CallOptions,
+}
+
+impl<T: Task> Signature<T> {
+    pub fn new(task: T) -> Self {
+        Signature {
+            task,
+            options: CallOptions::default(),
+        }
+    }
+
+    option_setters!();
+
+    /// Sends the call; the result handle decodes the output as `T::Output`.
+    pub async fn apply_async(self, app: &App) -> Result<AsyncResult<T::Output>, Error> {
+        let (args, kwargs) = self.task.to_call();
+        let publish = build(
+            app,
+            T::NAME,
+            Some(&T::options()),
+            args,
+            kwargs,
+            &self.options,
+        )?;
+        let id = publish.message.task_id().unwrap_or_default().to_string();
+        app.broker().await?.publish(publish).await?;
+        Ok(AsyncResult::new(app.clone(), id))
+    }
+
+    /// The call as an untyped [`Call`], e.g. to send it in a batch.
+    pub fn into_call(self) -> Call {
+        let (args, kwargs) = self.task.to_call();
+        Call {
+            name: T::NAME.to_string(),
+            args,
+            kwargs,
+            options: self.options,
+            defaults: Some(T::options()),
+        }
+    }
+}
+
+/// A call by task name with JSON arguments (Celery's `send_task`): works for any task,
+/// registered here or not, Rust or Python.
+#[derive(Debug, Clone)]
+pub struct Call {
+    name: String,
+    args: Vec<Value>,
+    kwargs: Map<String, Value>,
+    options: CallOptions,
+    defaults: Option<TaskOptions>,
+}
+
+impl Call {
+    pub fn new(name: impl Into<String>, args: Vec<Value>, kwargs: Map<String, Value>) -> Self {
+        Call {
+            name: name.into(),
+            args,
+            kwargs,
+            options: CallOptions::default(),
+            defaults: None,
+        }
+    }
+
+    option_setters!();
+
+    pub async fn send(self, app: &App) -> Result<AsyncResult<Value>, Error> {
+        let publish = self.to_publish(app)?;
+        let id = publish.message.task_id().unwrap_or_default().to_string();
+        app.broker().await?.publish(publish).await?;
+        Ok(AsyncResult::new(app.clone(), id))
+    }
+
+    fn to_publish(&self, app: &App) -> Result<Publish, Error> {
+        // A task registered in this app lends its defaults (queue, expiry, priority...).
+        let registered = app.registry().get(&self.name).map(|t| t.options().clone());
+        let defaults = self.defaults.as_ref().or(registered.as_ref());
+        build(
+            app,
+            &self.name,
+            defaults,
+            self.args.clone(),
+            self.kwargs.clone(),
+            &self.options,
+        )
+    }
+}
+
+impl App {
+    /// Celery's `send_task`: sends a call by name.
+    pub async fn send_task(
+        &self,
+        name: &str,
+        args: Vec<Value>,
+        kwargs: Map<String, Value>,
+    ) -> Result<AsyncResult<Value>, Error> {
+        Call::new(name, args, kwargs).send(self).await
+    }
+
+    /// Sends many calls in one broker round trip (one transaction on the embedded store).
+    pub async fn send_batch(&self, calls: Vec<Call>) -> Result<Vec<AsyncResult<Value>>, Error> {
+        let mut publishes = Vec::with_capacity(calls.len());
+        for call in &calls {
+            publishes.push(call.to_publish(self)?);
+        }
+        let ids: Vec<String> = publishes
+            .iter()
+            .map(|p| p.message.task_id().unwrap_or_default().to_string())
+            .collect();
+        self.broker().await?.publish_batch(publishes).await?;
+        Ok(ids
+            .into_iter()
+            .map(|id| AsyncResult::new(self.clone(), id))
+            .collect())
+    }
+}
+
+/// Resolves routing, times and defaults as Celery's `apply_async` does, and builds the message.
+fn build(
+    app: &App,
+    name: &str,
+    defaults: Option<&TaskOptions>,
+    args: Vec<Value>,
+    kwargs: Map<String, Value>,
+    o: &CallOptions,
+) -> Result<Publish, Error> {
+    let now = Utc::now();
+    let to_chrono = |d: Duration| {
+        chrono::Duration::from_std(d)
+            .map_err(|_| Error::Encode(format!("duration {d:?} is out of range")))
+    };
+    let eta = match (o.countdown, o.eta) {
+        (Some(c), _) => Some(now + to_chrono(c)?),
+        (None, eta) => eta,
+    };
+    let expires_in = o.expires_in.or(defaults.and_then(|d| d.expires));
+    let expires = match (expires_in, o.expires_at) {
+        (Some(e), _) => Some(now + to_chrono(e)?),
+        (None, at) => at,
+    };
+    let queue = o
+        .queue
+        .clone()
+        .or_else(|| app.config().route(name).map(str::to_string))
+        .or_else(|| defaults.and_then(|d| d.queue.clone()))
+        .unwrap_or_else(|| app.config().task_default_queue.clone());
+    let priority = o
+        .priority
+        .or(defaults.and_then(|d| d.priority))
+        .unwrap_or(0)
+        .min(9);
+    let ignore_result = o
+        .ignore_result
+        .or(defaults.map(|d| d.ignore_result))
+        .unwrap_or(false);
+    let spec = CallSpec {
+        name: name.to_string(),
+        id: o.task_id.clone(),
+        args,
+        kwargs,
+        eta,
+        expires,
+        priority: Some(priority),
+        time_limit: o.time_limit.map(|d| d.as_secs_f64()),
+        soft_time_limit: o.soft_time_limit.map(|d| d.as_secs_f64()),
+        ignore_result,
+        headers: o.headers.clone(),
+        reply_to: Some(app.oid().to_string()),
+        ..CallSpec::default()
+    };
+    let message = TaskMessage::new_call(spec);
+    Ok(Publish {
+        queue,
+        priority,
+        not_before: eta,
+        message: message.to_raw(),
+    })
+}

@@ -1,0 +1,42 @@
+//! celeriac: Celery's model — tasks, queues, routes, workers, results — in Rust, speaking
+//! Celery's wire protocol. With no broker configured everything runs on an embedded, durable
+//! SQLite store (`sqlite://celeriac.db`), shared by every process on the machine.
+//!
+//! ```no_run
+//! use celeriac::{task, App};
+//! use std::time::Duration;
+//!
+//! #[task(name = "tasks.add")]
+//! async fn add(x: i64, y: i64) -> i64 {
+//!     x + y
+//! }
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let app = App::builder("proj").task::<add>().build();
+//! let result = add::delay(&app, 2, 3).await?;           // send
+//! assert_eq!(result.get(Duration::from_secs(10)).await?, 5); // a worker runs it
+//! # Ok(()) }
+//! ```
+//!
+//! A worker is the user's own binary: `fn main() { celeriac_cli::run(app()) }` (see
+//! `celeriac-cli`), or [`App::worker`] from code.
+
+mod app;
+mod client;
+mod config;
+mod connect;
+mod error;
+mod result;
+
+pub use app::{App, AppBuilder};
+pub use client::{Call, CallOptions, Signature};
+pub use config::Config;
+pub use error::{Error, RemoteError, ResultError};
+pub use result::AsyncResult;
+
+pub use celeriac_core as core;
+pub use celeriac_core::state::{TaskMeta, TaskState};
+pub use celeriac_core::task::{Task, TaskContext, TaskError, TaskOptions, VarArgs, VarKwargs};
+pub use celeriac_macros::task;
+pub use celeriac_worker::{ShutdownHandle, Worker, WorkerConfig};
+pub use serde_json;

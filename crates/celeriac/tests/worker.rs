@@ -1,0 +1,649 @@
+//! The worker through the public API, on a real embedded store (one temp SQLite file per test).
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use celeriac::core::broker::{Publish, RawMessage};
+use celeriac::core::state::ExceptionInfo;
+use celeriac::serde_json::{json, Map, Value};
+use celeriac::{task, App, Call, ResultError, TaskContext, TaskError, TaskState, WorkerConfig};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+#[task(name = "t.add")]
+async fn add(x: i64, y: i64) -> i64 {
+    x + y
+}
+
+#[task(name = "t.blocking_add")]
+fn blocking_add(x: i64, y: i64) -> i64 {
+    // Proves plain fns run off the async executor: blocking here would stall it otherwise.
+    std::thread::sleep(Duration::from_millis(20));
+    x + y
+}
+
+#[task(name = "t.panics")]
+async fn panics() -> i64 {
+    panic!("kaboom")
+}
+
+#[task(name = "t.soft", soft_time_limit = 0.2, time_limit = 5)]
+async fn soft(ctx: TaskContext) -> Result<String, TaskError> {
+    tokio::select! {
+        _ = ctx.soft_time_limit() => Ok("cleaned up after soft limit".to_string()),
+        _ = tokio::time::sleep(Duration::from_secs(4)) => Ok("finished".to_string()),
+    }
+}
+
+#[task(name = "t.hard", time_limit = 0.3)]
+async fn hard() -> String {
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    "never".into()
+}
+
+static BACKOFF_TRIES: AtomicU32 = AtomicU32::new(0);
+
+#[derive(Debug)]
+struct Flaky;
+impl std::fmt::Display for Flaky {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("flaky dependency")
+    }
+}
+impl std::error::Error for Flaky {}
+
+#[task(name = "t.backoff", autoretry_for = ["Flaky"], retry_backoff = 0.1, retry_jitter = false, max_retries = 3)]
+async fn backoff(ctx: TaskContext) -> Result<u32, Flaky> {
+    BACKOFF_TRIES.fetch_add(1, Ordering::SeqCst);
+    if ctx.retries < 2 {
+        return Err(Flaky);
+    }
+    Ok(ctx.retries)
+}
+
+#[task(name = "t.always_retry", max_retries = 2)]
+async fn always_retry(ctx: TaskContext) -> Result<(), TaskError> {
+    Err(ctx.retry(
+        Duration::ZERO,
+        Some(ExceptionInfo::new("KeyError", "still broken")),
+    ))
+}
+
+static STARTS: Mutex<Vec<Instant>> = Mutex::new(Vec::new());
+
+#[task(name = "t.limited", rate_limit = "10/s")]
+async fn limited() {
+    STARTS.lock().unwrap().push(Instant::now());
+}
+
+static ORDER: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+#[task(name = "t.record")]
+async fn record(label: String) {
+    ORDER.lock().unwrap().push(label);
+}
+
+#[task(name = "t.slow", acks_late = true)]
+async fn slow(seconds: f64) -> f64 {
+    tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
+    seconds
+}
+
+struct Running {
+    app: App,
+    shutdown: celeriac::ShutdownHandle,
+    join: tokio::task::JoinHandle<Result<(), celeriac::core::error::BrokerError>>,
+    _dir: tempfile::TempDir,
+}
+
+fn app_at(dir: &tempfile::TempDir) -> App {
+    let url = format!("sqlite://{}", dir.path().join("test.db").display());
+    App::builder("test")
+        .broker_url(url)
+        .task::<add>()
+        .task::<blocking_add>()
+        .task::<panics>()
+        .task::<soft>()
+        .task::<hard>()
+        .task::<backoff>()
+        .task::<always_retry>()
+        .task::<limited>()
+        .task::<record>()
+        .task::<slow>()
+        .build()
+}
+
+async fn start(concurrency: usize) -> Running {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app_at(&dir);
+    let config = WorkerConfig {
+        concurrency,
+        shutdown_timeout: Duration::from_secs(10),
+        ..app.worker_config()
+    };
+    let worker = app.worker(config).await.unwrap();
+    let shutdown = worker.shutdown_handle();
+    let join = tokio::spawn(async move {
+        worker.run().await.map_err(|e| {
+            celeriac::core::error::BrokerError::new(
+                celeriac::core::ErrorKind::Storage,
+                e.to_string(),
+            )
+        })
+    });
+    Running {
+        app,
+        shutdown,
+        join,
+        _dir: dir,
+    }
+}
+
+impl Running {
+    async fn stop(self) {
+        self.shutdown.graceful();
+        self.join.await.unwrap().unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_async_and_blocking_tasks() {
+    let w = start(4).await;
+    let a = add::delay(&w.app, 2, 3).await.unwrap();
+    let b = blocking_add::delay(&w.app, 40, 2).await.unwrap();
+    assert_eq!(a.get(WAIT).await.unwrap(), 5);
+    assert_eq!(b.get(WAIT).await.unwrap(), 42);
+    assert_eq!(a.state().await.unwrap(), TaskState::Success);
+    assert!(a.successful().await.unwrap());
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyword_arguments_and_wrong_types() {
+    let w = start(2).await;
+    let mut kw = Map::new();
+    kw.insert("y".into(), json!(3));
+    let by_keyword = Call::new("t.add", vec![json!(2)], kw)
+        .send(&w.app)
+        .await
+        .unwrap();
+    assert_eq!(by_keyword.get(WAIT).await.unwrap(), json!(5));
+
+    let wrong = w
+        .app
+        .send_task("t.add", vec![json!("two"), json!(3)], Map::new())
+        .await
+        .unwrap();
+    match wrong.get(WAIT).await {
+        Err(ResultError::Task(e)) => {
+            assert_eq!(e.exc_type, "TypeError");
+            assert!(
+                e.message.contains("argument 'x' must be i64"),
+                "{}",
+                e.message
+            );
+        }
+        other => panic!("expected a TypeError failure, got {other:?}"),
+    }
+    let missing = w
+        .app
+        .send_task("t.add", vec![json!(1)], Map::new())
+        .await
+        .unwrap();
+    match missing.get(WAIT).await {
+        Err(ResultError::Task(e)) => assert!(
+            e.message.contains("missing required argument 'y' (i64)"),
+            "{}",
+            e.message
+        ),
+        other => panic!("expected a missing-argument failure, got {other:?}"),
+    }
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_is_a_failure_and_the_worker_keeps_going() {
+    let w = start(2).await;
+    let p = panics::delay(&w.app).await.unwrap();
+    match p.get(WAIT).await {
+        Err(ResultError::Task(e)) => {
+            assert_eq!(e.state, TaskState::Failure);
+            assert_eq!(e.exc_type, "Panic");
+            assert!(e.message.contains("kaboom"));
+        }
+        other => panic!("expected a panic failure, got {other:?}"),
+    }
+    assert_eq!(
+        add::delay(&w.app, 1, 1)
+            .await
+            .unwrap()
+            .get(WAIT)
+            .await
+            .unwrap(),
+        2
+    );
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soft_and_hard_time_limits() {
+    let w = start(2).await;
+    let s = soft::delay(&w.app).await.unwrap();
+    let h = hard::delay(&w.app).await.unwrap();
+    assert_eq!(s.get(WAIT).await.unwrap(), "cleaned up after soft limit");
+    match h.get(WAIT).await {
+        Err(ResultError::Task(e)) => assert_eq!(e.exc_type, "TimeLimitExceeded"),
+        other => panic!("expected TimeLimitExceeded, got {other:?}"),
+    }
+    // A per-call hard limit overrides the task's.
+    let quick = slow::s(5.0)
+        .time_limit(Duration::from_millis(200))
+        .apply_async(&w.app)
+        .await
+        .unwrap();
+    match quick.get(WAIT).await {
+        Err(ResultError::Task(e)) => assert_eq!(e.exc_type, "TimeLimitExceeded"),
+        other => panic!("expected TimeLimitExceeded, got {other:?}"),
+    }
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn autoretry_with_backoff_then_success_and_max_retries_then_failure() {
+    let w = start(2).await;
+    let started = Instant::now();
+    let r = backoff::delay(&w.app).await.unwrap();
+    assert_eq!(r.get(WAIT).await.unwrap(), 2);
+    assert_eq!(BACKOFF_TRIES.load(Ordering::SeqCst), 3);
+    // Backoff 0.1s then 0.2s: the success cannot come sooner than 0.3s after the call.
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "{:?}",
+        started.elapsed()
+    );
+
+    let give_up = always_retry::delay(&w.app).await.unwrap();
+    match give_up.get(WAIT).await {
+        Err(ResultError::Task(e)) => {
+            assert_eq!(e.exc_type, "KeyError");
+            assert_eq!(e.message, "still broken");
+        }
+        other => panic!("expected the last error after max_retries, got {other:?}"),
+    }
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_state_is_visible_between_tries() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app_at(&dir);
+    // No worker yet: send a call that retries after a long countdown, run one try by hand.
+    let worker = app
+        .worker(WorkerConfig {
+            concurrency: 1,
+            ..app.worker_config()
+        })
+        .await
+        .unwrap();
+    let shutdown = worker.shutdown_handle();
+    let join = tokio::spawn(worker.run());
+    let r = backoff::delay(&app).await.unwrap();
+    let mut seen_retry = false;
+    let deadline = Instant::now() + WAIT;
+    while Instant::now() < deadline {
+        match r.state().await.unwrap() {
+            TaskState::Retry => seen_retry = true,
+            TaskState::Success => break,
+            _ => {}
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(seen_retry, "RETRY was never stored");
+    assert_eq!(r.get(WAIT).await.unwrap(), 2);
+    shutdown.graceful();
+    join.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limit_spaces_task_starts() {
+    let w = start(4).await;
+    let mut results = Vec::new();
+    for _ in 0..5 {
+        results.push(limited::delay(&w.app).await.unwrap());
+    }
+    for r in results {
+        r.get(WAIT).await.unwrap();
+    }
+    let starts = STARTS.lock().unwrap().clone();
+    assert_eq!(starts.len(), 5);
+    // 10/s: five starts span at least four intervals of 100 ms.
+    let span = *starts.iter().max().unwrap() - *starts.iter().min().unwrap();
+    assert!(
+        span >= Duration::from_millis(390),
+        "5 starts within {span:?}"
+    );
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eta_tasks_run_in_due_order_not_send_order() {
+    let w = start(4).await;
+    let mut results = Vec::new();
+    for (label, ms) in [("third", 900u64), ("first", 300), ("second", 600)] {
+        results.push(
+            record::s(label.to_string())
+                .countdown(Duration::from_millis(ms))
+                .apply_async(&w.app)
+                .await
+                .unwrap(),
+        );
+    }
+    let scheduled = w
+        .app
+        .broker()
+        .await
+        .unwrap()
+        .queue_stats()
+        .unwrap()
+        .queue_lengths(&["celery".into()])
+        .await
+        .unwrap();
+    assert_eq!(
+        scheduled[0].scheduled, 3,
+        "ETA tasks wait in the store, not in the worker"
+    );
+    for r in &results {
+        r.get(WAIT).await.unwrap();
+    }
+    assert_eq!(*ORDER.lock().unwrap(), vec!["first", "second", "third"]);
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_tasks_are_revoked_not_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app_at(&dir);
+    let r = add::s(1, 2)
+        .expires_in(Duration::from_millis(1))
+        .apply_async(&app)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let worker = app
+        .worker(WorkerConfig {
+            concurrency: 1,
+            ..app.worker_config()
+        })
+        .await
+        .unwrap();
+    let shutdown = worker.shutdown_handle();
+    let join = tokio::spawn(worker.run());
+    match r.get(WAIT).await {
+        Err(ResultError::Task(e)) => {
+            assert_eq!(e.state, TaskState::Revoked);
+            assert_eq!(e.message, "expired");
+        }
+        other => panic!("expected REVOKED expired, got {other:?}"),
+    }
+    shutdown.graceful();
+    join.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoke_before_run_and_terminate_while_running() {
+    let w = start(2).await;
+    let later = add::s(1, 1)
+        .countdown(Duration::from_millis(400))
+        .apply_async(&w.app)
+        .await
+        .unwrap();
+    later.revoke(false).await.unwrap();
+    match later.get(WAIT).await {
+        Err(ResultError::Task(e)) => assert_eq!(
+            (e.state, e.message.as_str()),
+            (TaskState::Revoked, "revoked")
+        ),
+        other => panic!("expected REVOKED, got {other:?}"),
+    }
+    let long = slow::delay(&w.app, 30.0).await.unwrap();
+    // Wait until it is running (leased), then terminate it.
+    let stats = w.app.broker().await.unwrap();
+    let deadline = Instant::now() + WAIT;
+    while stats
+        .queue_stats()
+        .unwrap()
+        .queue_lengths(&["celery".into()])
+        .await
+        .unwrap()[0]
+        .unacked
+        == 0
+    {
+        assert!(Instant::now() < deadline, "task never started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    long.revoke(true).await.unwrap();
+    match long.get(WAIT).await {
+        Err(ResultError::Task(e)) => assert_eq!(
+            (e.state, e.message.as_str()),
+            (TaskState::Revoked, "terminated")
+        ),
+        other => panic!("expected REVOKED terminated, got {other:?}"),
+    }
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_unknown_messages_go_to_the_dead_letter_queue() {
+    let w = start(2).await;
+    let broker = w.app.broker().await.unwrap();
+    let mut headers = Map::new();
+    headers.insert("task".into(), json!("t.add"));
+    headers.insert("id".into(), json!("bad-body-1"));
+    let bad = RawMessage {
+        headers,
+        properties: Map::new(),
+        content_type: "application/json".into(),
+        content_encoding: "utf-8".into(),
+        body: b"this is not json".to_vec(),
+    };
+    broker
+        .publish(Publish {
+            queue: "celery".into(),
+            priority: 0,
+            not_before: None,
+            message: bad,
+        })
+        .await
+        .unwrap();
+    let mut pickle = RawMessage {
+        content_type: "application/x-python-serialize".into(),
+        ..bad_clone(&broker_msg("pickled-1"))
+    };
+    pickle.body = vec![0x80, 0x04, 0x95];
+    broker
+        .publish(Publish {
+            queue: "celery".into(),
+            priority: 0,
+            not_before: None,
+            message: pickle,
+        })
+        .await
+        .unwrap();
+    let unknown = w
+        .app
+        .send_task("t.does_not_exist", vec![], Map::new())
+        .await
+        .unwrap();
+    match unknown.get(WAIT).await {
+        Err(ResultError::Task(e)) => assert_eq!(e.exc_type, "NotRegistered"),
+        other => panic!("expected NotRegistered, got {other:?}"),
+    }
+    let dead = broker.dead_letters().unwrap();
+    let deadline = Instant::now() + WAIT;
+    let letters = loop {
+        let letters = dead.list_dead_letters(10).await.unwrap();
+        if letters.len() == 3 || Instant::now() > deadline {
+            break letters;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let reasons: Vec<&str> = letters.iter().map(|d| d.reason.as_str()).collect();
+    assert_eq!(letters.len(), 3, "{reasons:?}");
+    assert!(
+        reasons.iter().any(|r| r.starts_with("not-json")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.starts_with("content-type-refused")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.starts_with("unknown-task") && r.contains("t.does_not_exist")),
+        "{reasons:?}"
+    );
+    // Nothing was lost: requeueing puts them back on the queue.
+    w.stop().await;
+    let requeued = dead.requeue_dead_letters(&[]).await.unwrap();
+    assert_eq!(requeued, 3);
+    let lengths = broker
+        .queue_stats()
+        .unwrap()
+        .queue_lengths(&["celery".into()])
+        .await
+        .unwrap();
+    assert_eq!(lengths[0].ready, 3);
+}
+
+fn broker_msg(id: &str) -> RawMessage {
+    let mut headers = Map::new();
+    headers.insert("task".into(), json!("t.add"));
+    headers.insert("id".into(), json!(id));
+    RawMessage {
+        headers,
+        properties: Map::new(),
+        content_type: String::new(),
+        content_encoding: "binary".into(),
+        body: Vec::new(),
+    }
+}
+
+fn bad_clone(m: &RawMessage) -> RawMessage {
+    m.clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_finishes_running_and_returns_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app_at(&dir);
+    let mut results = Vec::new();
+    for _ in 0..6 {
+        results.push(slow::delay(&app, 0.4).await.unwrap());
+    }
+    let worker = app
+        .worker(WorkerConfig {
+            concurrency: 2,
+            ..app.worker_config()
+        })
+        .await
+        .unwrap();
+    let shutdown = worker.shutdown_handle();
+    let join = tokio::spawn(worker.run());
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    shutdown.graceful();
+    join.await.unwrap().unwrap();
+    let mut done = 0;
+    for r in &results {
+        if r.state().await.unwrap() == TaskState::Success {
+            done += 1;
+        }
+    }
+    assert_eq!(
+        done, 2,
+        "the two running tasks finish; the others are not started"
+    );
+    let lengths = app
+        .broker()
+        .await
+        .unwrap()
+        .queue_stats()
+        .unwrap()
+        .queue_lengths(&["celery".into()])
+        .await
+        .unwrap();
+    assert_eq!(
+        (lengths[0].ready, lengths[0].unacked),
+        (4, 0),
+        "prefetched messages went back"
+    );
+
+    // A second worker finishes the rest: nothing was lost.
+    let worker = app
+        .worker(WorkerConfig {
+            concurrency: 4,
+            ..app.worker_config()
+        })
+        .await
+        .unwrap();
+    let shutdown = worker.shutdown_handle();
+    let join = tokio::spawn(worker.run());
+    for r in &results {
+        assert_eq!(r.get(WAIT).await.unwrap(), 0.4);
+    }
+    shutdown.graceful();
+    join.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cold_shutdown_returns_late_ack_tasks_to_the_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app_at(&dir);
+    let r = slow::delay(&app, 30.0).await.unwrap();
+    let worker = app
+        .worker(WorkerConfig {
+            concurrency: 1,
+            ..app.worker_config()
+        })
+        .await
+        .unwrap();
+    let shutdown = worker.shutdown_handle();
+    let join = tokio::spawn(worker.run());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    shutdown.graceful();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    shutdown.now();
+    join.await.unwrap().unwrap();
+    assert_eq!(r.state().await.unwrap(), TaskState::Pending);
+    let lengths = app
+        .broker()
+        .await
+        .unwrap()
+        .queue_stats()
+        .unwrap()
+        .queue_lengths(&["celery".into()])
+        .await
+        .unwrap();
+    assert_eq!((lengths[0].ready, lengths[0].unacked), (1, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn result_forget_and_pending() {
+    let w = start(1).await;
+    let r = add::delay(&w.app, 20, 22).await.unwrap();
+    assert_eq!(r.get(WAIT).await.unwrap(), 42);
+    r.forget().await.unwrap();
+    assert_eq!(r.state().await.unwrap(), TaskState::Pending);
+    let never: celeriac::AsyncResult<Value> =
+        celeriac::AsyncResult::new(w.app.clone(), "no-such-id");
+    match never.get(Duration::from_millis(50)).await {
+        Err(ResultError::Timeout { state, .. }) => assert_eq!(state, TaskState::Pending),
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+    let _ = Arc::new(());
+    w.stop().await;
+}
