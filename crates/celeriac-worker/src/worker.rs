@@ -647,11 +647,7 @@ impl Shared {
                 exception,
                 traceback,
             })) => {
-                if options
-                    .autoretry_for
-                    .iter()
-                    .any(|k| *k == exception.exc_type)
-                {
+                if options.autoretry_for.contains(&exception.exc_type) {
                     let countdown = match &options.retry_backoff {
                         Some(backoff) => backoff.delay(h.retries),
                         None => options.default_retry_delay,
