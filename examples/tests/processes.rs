@@ -120,6 +120,26 @@ fn successes(logs: &[Vec<String>], id: &str) -> usize {
         .count()
 }
 
+async fn wait_queue_empty(app: &App) {
+    let broker = app.broker().await.unwrap();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let q = broker
+            .queue_stats()
+            .unwrap()
+            .queue_lengths(&["celery".to_string()])
+            .await
+            .unwrap();
+        if q.iter()
+            .all(|q| q.ready == 0 && q.scheduled == 0 && q.unacked == 0)
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "queue never drained: {q:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 async fn wait_unacked(app: &App, queue: &str, n: u64) {
     let broker = app.broker().await.unwrap();
     let deadline = Instant::now() + WAIT;
@@ -258,6 +278,8 @@ async fn revoke_survives_worker_restart() {
         .unwrap();
     offline.revoke(false).await.unwrap();
     let second = spawn_worker(&s, "w@test", &["-c", "1"]);
+    // Let the worker take both messages (the first only once due), then check neither ran.
+    wait_queue_empty(&app).await;
     for r in [&due_soon.id().to_string(), &offline.id().to_string()] {
         let res: celeriac::AsyncResult<Value> = celeriac::AsyncResult::new(app.clone(), r.as_str());
         match res.get(WAIT).await {
@@ -269,7 +291,15 @@ async fn revoke_survives_worker_restart() {
         }
     }
     let log = second.stop();
-    assert_eq!(successes(&[log], due_soon.id()), 0);
+    assert_eq!(successes(&[log.clone()], due_soon.id()), 0, "{log:#?}");
+    assert_eq!(successes(&[log.clone()], offline.id()), 0, "{log:#?}");
+    assert_eq!(
+        log.iter()
+            .filter(|l| l.contains("revoked: not run"))
+            .count(),
+        2,
+        "{log:#?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -551,10 +551,7 @@ impl Shared {
             self.store(&builder.revoked("expired")).await;
             return Settle::Ack;
         }
-        if self.is_revoked(&h.id) {
-            info!(task_id = %h.id, "Task {}[{}] revoked: not run", h.task, h.id);
-            self.counters.revoked.fetch_add(1, Ordering::Relaxed);
-            self.store(&builder.revoked("revoked")).await;
+        if self.skip_revoked(builder).await {
             return Settle::Ack;
         }
         let mut phase = self.phase.clone();
@@ -584,9 +581,8 @@ impl Shared {
         if self.phase() != Phase::Running {
             return Settle::Requeue;
         }
-        if self.is_revoked(&h.id) {
-            self.counters.revoked.fetch_add(1, Ordering::Relaxed);
-            self.store(&builder.revoked("revoked")).await;
+        // Checked again: a revoke may have arrived while the task waited for a slot.
+        if self.skip_revoked(builder).await {
             return Settle::Ack;
         }
 
@@ -744,6 +740,18 @@ impl Shared {
                 }
             }
         }
+    }
+
+    /// Stores REVOKED and returns true when the task was revoked before it started.
+    async fn skip_revoked(&self, builder: &MetaBuilder<'_>) -> bool {
+        let h = &builder.msg.headers;
+        if !self.is_revoked(&h.id) {
+            return false;
+        }
+        info!(task_id = %h.id, "Task {}[{}] revoked: not run", h.task, h.id);
+        self.counters.revoked.fetch_add(1, Ordering::Relaxed);
+        self.store(&builder.revoked("revoked")).await;
+        true
     }
 
     async fn fail(

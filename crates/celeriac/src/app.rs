@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use celeriac_core::state::{ExceptionInfo, TaskMeta, TaskState};
 use celeriac_core::task::{Task, TaskOptions};
 use celeriac_core::{Broker, ResultBackend};
 use celeriac_worker::{Registry, Worker, WorkerConfig};
@@ -189,6 +190,33 @@ impl App {
             ))
         })?;
         revocations.revoke(task_ids, terminate).await?;
+        // As Celery 5.7 does: a task that has not started reads REVOKED at once. A running
+        // one keeps its state until the worker ends it (a later SUCCESS still wins); with
+        // `terminate` the worker running it records `terminated`, so nothing is written here.
+        if terminate {
+            return Ok(());
+        }
+        let backend = self.backend().await?;
+        for id in task_ids {
+            let state = backend
+                .get(id)
+                .await?
+                .map(|m| m.status)
+                .unwrap_or(TaskState::Pending);
+            if matches!(
+                state,
+                TaskState::Pending | TaskState::Received | TaskState::Retry | TaskState::Rejected
+            ) {
+                let mut meta = TaskMeta::pending(id.clone());
+                meta.status = TaskState::Revoked;
+                meta.result = ExceptionInfo::new("TaskRevokedError", "revoked").to_value();
+                meta.children = None;
+                meta.date_done = Some(chrono::Utc::now());
+                backend
+                    .store(&meta, self.inner.config.result_expires)
+                    .await?;
+            }
+        }
         Ok(())
     }
 

@@ -399,6 +399,13 @@ async fn revoke_before_run_and_terminate_while_running() {
         .await
         .unwrap();
     later.revoke(false).await.unwrap();
+    assert_eq!(
+        later.state().await.unwrap(),
+        TaskState::Revoked,
+        "REVOKED is visible at once"
+    );
+    // Once the task is due and the worker has taken it, it still has not run.
+    wait_queue_empty(&w.app).await;
     match later.get(WAIT).await {
         Err(ResultError::Task(e)) => assert_eq!(
             (e.state, e.message.as_str()),
@@ -518,6 +525,24 @@ async fn malformed_and_unknown_messages_go_to_the_dead_letter_queue() {
         .await
         .unwrap();
     assert_eq!(lengths[0].ready, 3);
+}
+
+async fn wait_queue_empty(app: &App) {
+    let broker = app.broker().await.unwrap();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let q = broker
+            .queue_stats()
+            .unwrap()
+            .queue_lengths(&["celery".into()])
+            .await
+            .unwrap();
+        if q[0].ready == 0 && q[0].scheduled == 0 && q[0].unacked == 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "queue never drained: {q:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 fn broker_msg(id: &str) -> RawMessage {
