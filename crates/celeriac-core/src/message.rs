@@ -130,17 +130,25 @@ impl CallSpec {
 
 /// `gen<pid>@<hostname>`, the origin Celery gives non-worker processes.
 pub fn default_origin() -> String {
-    format!("gen{}@{}", std::process::id(), hostname())
+    static ORIGIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ORIGIN
+        .get_or_init(|| format!("gen{}@{}", std::process::id(), hostname()))
+        .clone()
 }
 
-/// This machine's host name (from the kernel, falling back to `localhost`).
+/// This machine's host name (from the kernel, falling back to `localhost`); read once.
 pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| "localhost".to_string())
+    static HOSTNAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HOSTNAME
+        .get_or_init(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .or_else(|| std::env::var("HOSTNAME").ok())
+                .unwrap_or_else(|| "localhost".to_string())
+        })
+        .clone()
 }
 
 /// A fresh task id in Celery's form (dashed lowercase UUID4).
@@ -202,7 +210,7 @@ impl TaskMessage {
         let h = &self.headers;
         let opt_time =
             |t: &Option<DateTime<Utc>>| t.map(|t| json!(time::to_iso(t))).unwrap_or(Value::Null);
-        let mut m = Map::new();
+        let mut m = Map::with_capacity(20 + h.extra.len());
         m.insert("lang".into(), json!(h.lang));
         m.insert("task".into(), json!(h.task));
         m.insert("id".into(), json!(h.id));
@@ -243,7 +251,7 @@ impl TaskMessage {
     /// Properties as Celery sends them for a task (§2.4); brokers add their own.
     pub fn properties_map(&self) -> Map<String, Value> {
         let p = &self.properties;
-        let mut m = Map::new();
+        let mut m = Map::with_capacity(5 + p.extra.len());
         m.insert("correlation_id".into(), json!(p.correlation_id));
         m.insert(
             "reply_to".into(),

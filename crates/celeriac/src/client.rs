@@ -171,8 +171,8 @@ impl Call {
 
     fn to_publish(&self, app: &App) -> Result<Publish, Error> {
         // A task registered in this app lends its defaults (queue, expiry, priority...).
-        let registered = app.registry().get(&self.name).map(|t| t.options().clone());
-        let defaults = self.defaults.as_ref().or(registered.as_ref());
+        let registered = app.registry().get(&self.name).map(|t| t.options());
+        let defaults = self.defaults.as_ref().or(registered);
         build(
             app,
             &self.name,
