@@ -291,8 +291,16 @@ async fn revoke_survives_worker_restart() {
         }
     }
     let log = second.stop();
-    assert_eq!(successes(&[log.clone()], due_soon.id()), 0, "{log:#?}");
-    assert_eq!(successes(&[log.clone()], offline.id()), 0, "{log:#?}");
+    assert_eq!(
+        successes(std::slice::from_ref(&log), due_soon.id()),
+        0,
+        "{log:#?}"
+    );
+    assert_eq!(
+        successes(std::slice::from_ref(&log), offline.id()),
+        0,
+        "{log:#?}"
+    );
     assert_eq!(
         log.iter()
             .filter(|l| l.contains("revoked: not run"))

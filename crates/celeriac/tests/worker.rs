@@ -1,7 +1,7 @@
 //! The worker through the public API, on a real embedded store (one temp SQLite file per test).
 
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use celeriac::core::broker::{Publish, RawMessage};
@@ -466,7 +466,7 @@ async fn malformed_and_unknown_messages_go_to_the_dead_letter_queue() {
         .unwrap();
     let mut pickle = RawMessage {
         content_type: "application/x-python-serialize".into(),
-        ..bad_clone(&broker_msg("pickled-1"))
+        ..broker_msg("pickled-1")
     };
     pickle.body = vec![0x80, 0x04, 0x95];
     broker
@@ -556,10 +556,6 @@ fn broker_msg(id: &str) -> RawMessage {
         content_encoding: "binary".into(),
         body: Vec::new(),
     }
-}
-
-fn bad_clone(m: &RawMessage) -> RawMessage {
-    m.clone()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -669,6 +665,5 @@ async fn result_forget_and_pending() {
         Err(ResultError::Timeout { state, .. }) => assert_eq!(state, TaskState::Pending),
         other => panic!("expected a timeout, got {other:?}"),
     }
-    let _ = Arc::new(());
     w.stop().await;
 }
