@@ -404,7 +404,7 @@ async fn cli_call_result_queues_purge_and_dead_letters() {
         .unwrap()
         .publish(Publish {
             queue: "celery".into(),
-            priority: 0,
+            priority: None,
             not_before: None,
             message: raw,
         })

@@ -3,8 +3,11 @@
 //! The required surface is small ([`Broker`] + [`Consumer`]); what only some engines can do is
 //! a capability trait reached through an accessor that returns `None` when absent.
 //!
-//! Priorities: **9 is the most urgent, 0 the least**, on every broker celeriac ships (the
-//! embedded store, and RabbitMQ's own order). Within one priority, first in, first out.
+//! Priorities: **9 is the most urgent, 0 the least**, on every broker celeriac ships. The
+//! embedded store and RabbitMQ use that order natively; on Redis, whose kombu layout serves
+//! 0 first, the broker maps an explicit priority `p` to `9 - p` on the wire and back on
+//! delivery (so [`RawMessage`] properties always carry celeriac's order). Within one
+//! priority, first in, first out.
 
 use std::time::Duration;
 
@@ -41,8 +44,10 @@ impl RawMessage {
 pub struct Publish {
     /// Queue name (Celery routes ordinary tasks to the default exchange with routing key = queue).
     pub queue: String,
-    /// 0..=9, 9 most urgent.
-    pub priority: u8,
+    /// 0..=9, 9 most urgent; `None`: the caller gave none, and the broker uses the default
+    /// of its wire format (0 on the embedded store; Celery's default list on Redis, which is
+    /// also where Python producers put tasks without a priority).
+    pub priority: Option<u8>,
     /// Not delivered before this time (ETA / countdown). Brokers with delayed delivery keep the
     /// message themselves; others deliver it at once and the worker holds it.
     pub not_before: Option<DateTime<Utc>>,

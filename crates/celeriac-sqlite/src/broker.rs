@@ -43,7 +43,7 @@ impl Row {
             .map(celeriac_core::time::to_millis)
             .filter(|&t| t > now);
         Row {
-            priority: i64::from(p.priority.min(9)),
+            priority: i64::from(p.priority.unwrap_or(0).min(9)),
             headers: Value::Object(p.message.headers).to_string(),
             properties: Value::Object(p.message.properties).to_string(),
             content_type: p.message.content_type,

@@ -19,7 +19,7 @@
 //!     content_encoding: "utf-8".into(),
 //!     body: b"[[2, 3], {}, {}]".to_vec(),
 //! };
-//! store.publish(Publish { queue: "celery".into(), priority: 0, not_before: None, message }).await.unwrap();
+//! store.publish(Publish { queue: "celery".into(), priority: None, not_before: None, message }).await.unwrap();
 //!
 //! let consumer = store.consumer(ConsumerSpec { queues: vec!["celery".into()], name: "w1".into() }).await.unwrap();
 //! let got = consumer.fetch(10, Duration::from_secs(1)).await.unwrap();

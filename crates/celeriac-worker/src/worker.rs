@@ -808,7 +808,7 @@ impl Shared {
         next.properties.extra.clear();
         let publish = Publish {
             queue: delivery.queue.clone(),
-            priority: msg.properties.priority,
+            priority: Some(msg.properties.priority),
             not_before: Some(eta),
             message: next.to_raw(),
         };

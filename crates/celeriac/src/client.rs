@@ -245,8 +245,7 @@ fn build(
     let priority = o
         .priority
         .or(defaults.and_then(|d| d.priority))
-        .unwrap_or(0)
-        .min(9);
+        .map(|p| p.min(9));
     let ignore_result = o
         .ignore_result
         .or(defaults.map(|d| d.ignore_result))
@@ -258,7 +257,7 @@ fn build(
         kwargs,
         eta,
         expires,
-        priority: Some(priority),
+        priority,
         time_limit: o.time_limit.map(|d| d.as_secs_f64()),
         soft_time_limit: o.soft_time_limit.map(|d| d.as_secs_f64()),
         ignore_result,

@@ -458,7 +458,7 @@ async fn malformed_and_unknown_messages_go_to_the_dead_letter_queue() {
     broker
         .publish(Publish {
             queue: "celery".into(),
-            priority: 0,
+            priority: None,
             not_before: None,
             message: bad,
         })
@@ -472,7 +472,7 @@ async fn malformed_and_unknown_messages_go_to_the_dead_letter_queue() {
     broker
         .publish(Publish {
             queue: "celery".into(),
-            priority: 0,
+            priority: None,
             not_before: None,
             message: pickle,
         })

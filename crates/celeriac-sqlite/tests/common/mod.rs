@@ -56,7 +56,7 @@ pub fn msg(id: &str) -> RawMessage {
 pub fn publish(queue: &str, id: &str, priority: u8) -> Publish {
     Publish {
         queue: queue.into(),
-        priority,
+        priority: Some(priority),
         not_before: None,
         message: msg(id),
     }

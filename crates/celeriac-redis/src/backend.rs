@@ -1,0 +1,2 @@
+//! Celery-compatible Redis result backend (to be written).
+pub struct RedisBackend;

@@ -1,0 +1,2 @@
+//! kombu-compatible Redis broker (to be written).
+pub struct RedisBroker;
