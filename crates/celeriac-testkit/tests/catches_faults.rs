@@ -1,0 +1,244 @@
+//! The suites are not vacuous: engines with a planted fault fail the case that covers it,
+//! and an engine without a capability skips the case that needs it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use celeriac_core::backend::ResultBackend;
+use celeriac_core::broker::{Broker, Consumer, ConsumerSpec, Delivery, DeliveryTag, Publish};
+use celeriac_core::error::{BackendError, BrokerError};
+use celeriac_core::state::TaskMeta;
+use celeriac_sqlite::SqliteStore;
+use celeriac_testkit::{backend_suite, broker_suite, FactoryOptions, Instance, Outcome, Skip};
+use chrono::SubsecRound;
+
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Fault {
+    OverwritesSuccess,
+    MillisecondDates,
+    IgnoresExpiry,
+    IgnoresPriority,
+    NeverRedelivered,
+    CloseDoesNothing,
+    NoCapabilities,
+}
+
+/// The SQLite store with one fault planted.
+struct Faulty {
+    inner: Arc<SqliteStore>,
+    fault: Fault,
+}
+
+struct FaultyConsumer {
+    inner: Box<dyn Consumer>,
+    fault: Fault,
+}
+
+#[async_trait]
+impl Broker for Faulty {
+    fn display_url(&self) -> String {
+        Broker::display_url(&*self.inner)
+    }
+    async fn declare_queue(&self, queue: &str) -> Result<(), BrokerError> {
+        self.inner.declare_queue(queue).await
+    }
+    async fn publish(&self, mut message: Publish) -> Result<(), BrokerError> {
+        if self.fault == Fault::IgnoresPriority {
+            message.priority = None;
+        }
+        self.inner.publish(message).await
+    }
+    async fn consumer(&self, spec: ConsumerSpec) -> Result<Box<dyn Consumer>, BrokerError> {
+        Ok(Box::new(FaultyConsumer {
+            inner: self.inner.consumer(spec).await?,
+            fault: self.fault,
+        }))
+    }
+    fn delays_delivery(&self) -> bool {
+        self.inner.delays_delivery()
+    }
+    fn purge(&self) -> Option<&dyn celeriac_core::broker::Purge> {
+        (self.fault != Fault::NoCapabilities)
+            .then(|| self.inner.purge())
+            .flatten()
+    }
+}
+
+#[async_trait]
+impl Consumer for FaultyConsumer {
+    async fn fetch(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>, BrokerError> {
+        let mut got = self.inner.fetch(max, wait).await?;
+        if self.fault == Fault::NeverRedelivered {
+            got.iter_mut().for_each(|d| d.redelivered = false);
+        }
+        Ok(got)
+    }
+    async fn ack(&self, tags: &[DeliveryTag]) -> Result<(), BrokerError> {
+        self.inner.ack(tags).await
+    }
+    async fn requeue(&self, tags: &[DeliveryTag]) -> Result<(), BrokerError> {
+        self.inner.requeue(tags).await
+    }
+    async fn dead_letter(&self, tag: &DeliveryTag, reason: &str) -> Result<(), BrokerError> {
+        self.inner.dead_letter(tag, reason).await
+    }
+    async fn keepalive(&self) -> Result<(), BrokerError> {
+        self.inner.keepalive().await
+    }
+    fn keepalive_interval(&self) -> Duration {
+        self.inner.keepalive_interval()
+    }
+    async fn close(&self) -> Result<(), BrokerError> {
+        if self.fault == Fault::CloseDoesNothing {
+            return Ok(());
+        }
+        self.inner.close().await
+    }
+}
+
+#[async_trait]
+impl ResultBackend for Faulty {
+    fn display_url(&self) -> String {
+        ResultBackend::display_url(&*self.inner)
+    }
+    async fn store(&self, meta: &TaskMeta, expires: Option<Duration>) -> Result<(), BackendError> {
+        let mut meta = meta.clone();
+        let mut expires = expires;
+        match self.fault {
+            Fault::OverwritesSuccess => self.inner.forget(&meta.task_id).await?,
+            Fault::MillisecondDates => meta.date_done = meta.date_done.map(|d| d.trunc_subsecs(3)),
+            Fault::IgnoresExpiry => expires = None,
+            _ => {}
+        }
+        self.inner.store(&meta, expires).await
+    }
+    async fn get(&self, task_id: &str) -> Result<Option<TaskMeta>, BackendError> {
+        self.inner.get(task_id).await
+    }
+    async fn forget(&self, task_id: &str) -> Result<(), BackendError> {
+        self.inner.forget(task_id).await
+    }
+    async fn save_group(
+        &self,
+        group_id: &str,
+        task_ids: &[String],
+        expires: Option<Duration>,
+    ) -> Result<(), BackendError> {
+        self.inner.save_group(group_id, task_ids, expires).await
+    }
+    async fn restore_group(&self, group_id: &str) -> Result<Option<Vec<String>>, BackendError> {
+        self.inner.restore_group(group_id).await
+    }
+}
+
+fn faulty(
+    fault: Fault,
+    opts: &FactoryOptions,
+) -> (tempfile::TempDir, impl Fn() -> Arc<Faulty> + Send + Sync) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("celeriac.db");
+    let mut options = celeriac_sqlite::SqliteOptions::default();
+    if let Some(t) = opts.visibility_timeout {
+        options.visibility_timeout = t;
+    }
+    let open = move || {
+        Arc::new(Faulty {
+            inner: SqliteStore::open(&path, options.clone()).unwrap(),
+            fault,
+        })
+    };
+    (dir, open)
+}
+
+async fn broker_outcome(fault: Fault, case: &str) -> Outcome {
+    let factory = move |opts: FactoryOptions| async move {
+        let (dir, open) = faulty(fault, &opts);
+        let first: Arc<dyn Broker> = open();
+        Ok::<_, Skip>(
+            Instance::new(first, move || {
+                let again: Arc<dyn Broker> = open();
+                std::future::ready(again)
+            })
+            .keep(dir),
+        )
+    };
+    let case = broker_suite::cases()
+        .into_iter()
+        .find(|c| c.name == case)
+        .unwrap();
+    case.run("broker", &factory).await
+}
+
+async fn backend_outcome(fault: Fault, case: &str) -> Outcome {
+    let factory = move |opts: FactoryOptions| async move {
+        let (dir, open) = faulty(fault, &opts);
+        let first: Arc<dyn ResultBackend> = open();
+        Ok::<_, Skip>(
+            Instance::new(first, move || {
+                let again: Arc<dyn ResultBackend> = open();
+                std::future::ready(again)
+            })
+            .keep(dir),
+        )
+    };
+    let case = backend_suite::cases()
+        .into_iter()
+        .find(|c| c.name == case)
+        .unwrap();
+    case.run("backend", &factory).await
+}
+
+fn assert_failed(outcome: Outcome, fault: Fault) {
+    assert!(
+        matches!(outcome, Outcome::Failed(_)),
+        "{fault:?} was not caught: {outcome:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_faults_are_caught() {
+    for (fault, case) in [
+        (Fault::OverwritesSuccess, "success_never_overwritten"),
+        (Fault::MillisecondDates, "round_trip_every_state"),
+        (Fault::IgnoresExpiry, "results_expire"),
+    ] {
+        assert_failed(backend_outcome(fault, case).await, fault);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_faults_are_caught() {
+    for (fault, case) in [
+        (Fault::IgnoresPriority, "priority_order"),
+        (Fault::NeverRedelivered, "requeue_redelivers"),
+        (Fault::NeverRedelivered, "lapsed_lease_redelivers"),
+        (Fault::CloseDoesNothing, "close_requeues_held"),
+    ] {
+        assert_failed(broker_outcome(fault, case).await, fault);
+    }
+    // The healthy parts of a faulty engine still pass.
+    assert_eq!(
+        broker_outcome(Fault::IgnoresPriority, "round_trip").await,
+        Outcome::Passed
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_capabilities_are_skipped() {
+    for case in [
+        "queue_lengths",
+        "dead_letters_list_and_requeue",
+        "revocations_durable",
+    ] {
+        assert!(matches!(
+            broker_outcome(Fault::IgnoresPriority, case).await,
+            Outcome::Skipped(_)
+        ));
+    }
+    let purge = broker_outcome(Fault::NoCapabilities, "purge").await;
+    assert!(
+        matches!(&purge, Outcome::Skipped(why) if why.contains("Purge")),
+        "{purge:?}"
+    );
+}
