@@ -126,8 +126,7 @@ fn from_broker_error(e: BrokerError) -> BackendError {
 }
 
 fn error_kind(e: &redis::RedisError) -> ErrorKind {
-    if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout()
-    {
+    if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout() {
         ErrorKind::Unreachable
     } else {
         ErrorKind::Storage
@@ -256,6 +255,18 @@ impl RedisBackend {
         }
     }
 
+    /// SUBSCRIBE (via the shared connection), giving up at `deadline` (`None`).
+    async fn subscribe_until(
+        &self,
+        key: &str,
+        deadline: tokio::time::Instant,
+    ) -> Result<Option<Subscription>, BackendError> {
+        match tokio::time::timeout_at(deadline, Hub::subscribe(&self.hub, key)).await {
+            Ok(sub) => sub.map(Some),
+            Err(_) => Ok(None),
+        }
+    }
+
     fn decode_published(&self, key: &str, payload: &[u8]) -> Option<TaskMeta> {
         let meta = TaskMeta::from_json(payload);
         if meta.is_none() {
@@ -323,7 +334,9 @@ impl ResultBackend for RedisBackend {
         }
         let deadline = tokio::time::Instant::now() + timeout;
         let key = self.keys.task(task_id);
-        let mut sub = Hub::subscribe(&self.hub, &key).await?;
+        let Some(mut sub) = self.subscribe_until(&key, deadline).await? else {
+            return self.read_meta(&key).await;
+        };
         let mut meta = self.read_meta(&key).await?;
         loop {
             if meta.as_ref().is_some_and(|m| m.status.is_ready()) {
@@ -345,7 +358,10 @@ impl ResultBackend for RedisBackend {
                         if tokio::time::Instant::now() >= deadline {
                             return self.read_meta(&key).await;
                         }
-                        sub = Hub::subscribe(&self.hub, &key).await?;
+                        match self.subscribe_until(&key, deadline).await? {
+                            Some(again) => sub = again,
+                            None => return self.read_meta(&key).await,
+                        }
                         meta = self.read_meta(&key).await?;
                     }
                 },
@@ -372,7 +388,10 @@ impl ResultBackend for RedisBackend {
         expires: Option<Duration>,
     ) -> Result<(), BackendError> {
         let key = self.keys.group(group_id);
-        let children: Vec<Value> = task_ids.iter().map(|id| json!([[id, null], null])).collect();
+        let children: Vec<Value> = task_ids
+            .iter()
+            .map(|id| json!([[id, null], null]))
+            .collect();
         let text = to_python_json(&json!({"result": [[group_id, null], children]}));
         let mut pipe = redis::pipe();
         pipe.atomic();
@@ -588,12 +607,7 @@ impl Hub {
             shared.channels.clear();
             shared.generation
         };
-        tokio::spawn(dispatch(
-            stream,
-            stop_rx,
-            self.shared.clone(),
-            generation,
-        ));
+        tokio::spawn(dispatch(stream, stop_rx, self.shared.clone(), generation));
         Ok(Live {
             sink,
             generation,

@@ -37,11 +37,11 @@ macro_rules! require_redis {
             Some(u) => u,
             None => return,
         };
-        let _shared = EXCLUSIVE.read().unwrap_or_else(|p| p.into_inner());
+        let _shared = EXCLUSIVE.read().await;
     };
 }
 
-static EXCLUSIVE: std::sync::RwLock<()> = std::sync::RwLock::new(());
+static EXCLUSIVE: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
 
 fn uid() -> String {
     uuid::Uuid::new_v4().to_string()
@@ -115,10 +115,17 @@ async fn next_message(ps: &mut redis::aio::PubSub, within: Duration) -> Option<(
 
 /// Ids of the server's clients in pub/sub mode.
 async fn pubsub_client_ids(c: &mut redis::aio::MultiplexedConnection) -> Vec<String> {
+    client_ids(c, &["TYPE", "pubsub"]).await
+}
+
+async fn all_client_ids(c: &mut redis::aio::MultiplexedConnection) -> Vec<String> {
+    client_ids(c, &[]).await
+}
+
+async fn client_ids(c: &mut redis::aio::MultiplexedConnection, filter: &[&str]) -> Vec<String> {
     let list: String = redis::cmd("CLIENT")
         .arg("LIST")
-        .arg("TYPE")
-        .arg("pubsub")
+        .arg(filter)
         .query_async(c)
         .await
         .unwrap();
@@ -192,12 +199,19 @@ async fn stored_bytes_are_celery_meta_json_with_ttl() {
     let b = open(&with_prefix(&url, &prefix)).await;
     let mut raw = raw_conn(&url).await;
 
-    let mut m = meta(&uid(), TaskState::Success, json!({"a": 1, "b": [1, 2.5, null]}));
+    let mut m = meta(
+        &uid(),
+        TaskState::Success,
+        json!({"a": 1, "b": [1, 2.5, null]}),
+    );
     m.group_id = Some(uid());
     m.parent_id = Some(uid());
     b.store(&m, Some(Duration::from_secs(3600))).await.unwrap();
     let key = format!("{prefix}_celery-task-meta-{}", m.task_id);
-    assert_eq!(raw_get(&mut raw, &key).await.as_deref(), Some(&*m.to_json()));
+    assert_eq!(
+        raw_get(&mut raw, &key).await.as_deref(),
+        Some(&*m.to_json())
+    );
     let ttl = raw_ttl(&mut raw, &key).await;
     assert!((3595..=3600).contains(&ttl), "ttl {ttl}");
 
@@ -238,7 +252,11 @@ async fn every_write_is_published_on_the_key_name() {
     let channel = format!("{prefix}celery-task-meta-{id}");
     let mut ps = subscriber(&url, &channel).await;
 
-    let started = meta(&id, TaskState::Started, json!({"pid": 7, "hostname": "w@h"}));
+    let started = meta(
+        &id,
+        TaskState::Started,
+        json!({"pid": 7, "hostname": "w@h"}),
+    );
     b.store(&started, None).await.unwrap();
     let done = meta(&id, TaskState::Success, json!("ok"));
     b.store(&done, Some(Duration::from_secs(60))).await.unwrap();
@@ -541,7 +559,7 @@ async fn concurrent_waiters_share_one_pubsub_connection_and_unsubscribe() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wait_survives_a_killed_pubsub_connection() {
     let Some(url) = redis_url() else { return };
-    let _alone = EXCLUSIVE.write().unwrap_or_else(|p| p.into_inner());
+    let _alone = EXCLUSIVE.write().await;
     let b = open(&url).await;
     let mut raw = raw_conn(&url).await;
     let before = pubsub_client_ids(&mut raw).await;
@@ -697,4 +715,35 @@ async fn display_url_hides_the_password() {
     let b = open(&url).await;
     assert!(b.display_url().starts_with("redis"));
     assert!(!b.display_url().contains('@') || b.display_url().contains("***"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_backend_closes_its_pubsub_connection() {
+    let Some(url) = redis_url() else { return };
+    let _alone = EXCLUSIVE.write().await;
+    let mut raw = raw_conn(&url).await;
+    let before = pubsub_client_ids(&mut raw).await;
+    let b = open(&url).await;
+    let waiting = {
+        let b = b.clone();
+        tokio::spawn(async move { b.wait(&uid(), Duration::from_millis(400)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let new: Vec<String> = pubsub_client_ids(&mut raw)
+        .await
+        .into_iter()
+        .filter(|c| !before.contains(c))
+        .collect();
+    assert_eq!(new.len(), 1, "one pub/sub connection: {new:?}");
+    assert_eq!(waiting.await.unwrap().unwrap(), None);
+    assert!(
+        all_client_ids(&mut raw).await.contains(&new[0]),
+        "kept open for later waits"
+    );
+    drop(b);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while all_client_ids(&mut raw).await.contains(&new[0]) {
+        assert!(Instant::now() < deadline, "pub/sub connection left open");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
