@@ -31,7 +31,6 @@ use chrono::Utc;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, RedisError, RedisResult, Script};
 use serde_json::{json, Map, Value};
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
@@ -299,7 +298,7 @@ fn decode_envelope_value(v: Value) -> Result<Decoded, String> {
         None | Some(Value::Null) => Map::new(),
         Some(_) => return Err("envelope properties are not an object".into()),
     };
-    let headers = match env.remove("headers") {
+    let mut headers = match env.remove("headers") {
         Some(Value::Object(h)) => h,
         None | Some(Value::Null) => Map::new(),
         Some(_) => return Err("envelope headers are not an object".into()),
@@ -317,7 +316,9 @@ fn decode_envelope_value(v: Value) -> Result<Decoded, String> {
     };
     props.remove("delivery_tag");
     let info = props.remove("delivery_info");
-    let redelivered = headers.get("redelivered").and_then(Value::as_bool) == Some(true)
+    // kombu's restore marks `headers.redelivered`; celeriac reports it as
+    // `Delivery::redelivered` and hands out the headers as they were published.
+    let redelivered = headers.remove("redelivered").and_then(|v| v.as_bool()) == Some(true)
         || info
             .as_ref()
             .and_then(|i| i.get("redelivered"))
@@ -740,8 +741,20 @@ impl Broker for RedisBroker {
         for m in &messages {
             let wire = wire_priority(m.priority);
             let env = envelope(&m.message, &m.queue, wire);
-            pipe.lpush(self.inner.keys.list(&m.queue, Keys::step_for(wire)), env)
-                .ignore();
+            let has_eta = m.message.headers.get("eta").is_some_and(|e| !e.is_null());
+            match m.not_before {
+                // Celery's way (and celeriac's task messages): the list, with `headers.eta`;
+                // consumers park it until due. A message with only `not_before` (no eta
+                // header a consumer could read) goes straight to the delayed set.
+                Some(t) if !has_eta && t > Utc::now() => {
+                    pipe.zadd(self.inner.keys.delayed(&m.queue), env, t.timestamp_millis())
+                        .ignore();
+                }
+                _ => {
+                    pipe.lpush(self.inner.keys.list(&m.queue, Keys::step_for(wire)), env)
+                        .ignore();
+                }
+            }
         }
         self.inner
             .cmd
@@ -782,9 +795,10 @@ impl Broker for RedisBroker {
             closed: AtomicBool::new(false),
             rotate: AtomicUsize::new(0),
         });
-        let sweeper = tokio::spawn(sweep_loop(sh.clone()));
+        let (stop_sweeper, stop) = tokio::sync::watch::channel(false);
+        tokio::spawn(sweep_loop(sh.broker.clone(), stop));
         debug!(consumer = %spec.name, "Redis consumer {n} started");
-        Ok(Box::new(RedisConsumer { sh, sweeper }))
+        Ok(Box::new(RedisConsumer { sh, stop_sweeper }))
     }
 
     fn delays_delivery(&self) -> bool {
@@ -826,18 +840,27 @@ struct ConsumerShared {
 
 struct RedisConsumer {
     sh: Arc<ConsumerShared>,
-    sweeper: JoinHandle<()>,
+    stop_sweeper: tokio::sync::watch::Sender<bool>,
 }
 
-async fn sweep_loop(sh: Arc<ConsumerShared>) {
-    let every = (sh.broker.url.visibility_timeout / 2)
+/// The restore sweep at start-up and every min(visibility_timeout / 2, 10 s). Stopped only
+/// between sweeps (never while it holds `unacked_mutex`, which would block every sweeper for
+/// the mutex's 5 minutes).
+async fn sweep_loop(broker: Arc<Inner>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let every = (broker.url.visibility_timeout / 2)
         .min(Duration::from_secs(10))
         .max(Duration::from_millis(50));
     loop {
-        if let Err(e) = sh.broker.sweep().await {
+        if *stop.borrow() {
+            return;
+        }
+        if let Err(e) = broker.sweep().await {
             debug!("restore sweep failed: {e}");
         }
-        tokio::time::sleep(every).await;
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.changed() => return,
+        }
     }
 }
 
@@ -1203,7 +1226,7 @@ impl Consumer for RedisConsumer {
         if sh.closed.swap(true, Ordering::SeqCst) {
             return Ok(());
         }
-        self.sweeper.abort();
+        let _ = self.stop_sweeper.send(true);
         // Wait for a pop in flight: what it gets lands in the buffer, restored below.
         let _guard = sh.fetch_lock.lock().await;
         sh.buffer.lock().unwrap().clear();
@@ -1223,7 +1246,7 @@ impl Drop for RedisConsumer {
     /// A consumer dropped without `close` behaves like a process that died: its messages stay
     /// in `unacked` and come back through the restore sweep after the visibility timeout.
     fn drop(&mut self) {
-        self.sweeper.abort();
+        let _ = self.stop_sweeper.send(true);
         self.sh.closed.store(true, Ordering::SeqCst);
     }
 }
