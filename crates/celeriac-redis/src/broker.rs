@@ -21,8 +21,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use base64::Engine;
 use celeriac_core::broker::{
-    Broker, Consumer, ConsumerSpec, DeadLetter, DeadLetters, Delivery, DeliveryTag, Publish,
-    Purge, QueueLength, QueueStats, RawMessage, Revocation, Revocations,
+    Broker, Consumer, ConsumerSpec, DeadLetter, DeadLetters, Delivery, DeliveryTag, Publish, Purge,
+    QueueLength, QueueStats, RawMessage, Revocation, Revocations,
 };
 use celeriac_core::json::to_python_json;
 use celeriac_core::time::{from_millis, parse_iso};
@@ -409,7 +409,10 @@ impl RedisBroker {
                     e,
                 )
             })?;
-        let name = format!("celeriac-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        let name = format!(
+            "celeriac-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..12]
+        );
         let health = Arc::new(Health {
             display: format!("{}:{} (db {})", url.host, url.port, url.db),
             down: AtomicBool::new(false),
@@ -534,7 +537,13 @@ impl Inner {
                 .run("read unacked", true, |mut c| {
                     let ukey = ukey.clone();
                     let chunk = chunk.to_vec();
-                    async move { redis::cmd("HMGET").arg(ukey).arg(chunk).query_async(&mut c).await }
+                    async move {
+                        redis::cmd("HMGET")
+                            .arg(ukey)
+                            .arg(chunk)
+                            .query_async(&mut c)
+                            .await
+                    }
                 })
                 .await?;
             let mut keys_: Vec<String> = vec![ukey, ikey];
@@ -542,7 +551,13 @@ impl Inner {
             let mut args: Vec<String> = vec![chunk.len().to_string()];
             for (tag, value) in chunk.iter().zip(values) {
                 let Some(value) = value else {
-                    args.extend([tag.clone(), String::new(), "R".into(), String::new(), "0".into()]);
+                    args.extend([
+                        tag.clone(),
+                        String::new(),
+                        "R".into(),
+                        String::new(),
+                        "0".into(),
+                    ]);
                     continue;
                 };
                 let (dir, payload, dests) = self.plan(tag, &value, how).await?;
@@ -882,7 +897,11 @@ impl ConsumerShared {
     }
 
     /// The FETCH script: promote due ETA messages, pop up to `max`, record them.
-    async fn pop(&self, queues: &[String], max: usize) -> Result<(Vec<Popped>, Option<i64>), BrokerError> {
+    async fn pop(
+        &self,
+        queues: &[String],
+        max: usize,
+    ) -> Result<(Vec<Popped>, Option<i64>), BrokerError> {
         let b = &self.broker;
         let k = &b.keys;
         let mut keys_ = vec![k.unacked(), k.unacked_index(), k.dead_letters()];
@@ -925,7 +944,11 @@ impl ConsumerShared {
     }
 
     /// BRPOP over every list of the consumer (kombu's key order), on the dedicated connection.
-    async fn brpop(&self, queues: &[String], block: Duration) -> Result<Option<(String, String)>, BrokerError> {
+    async fn brpop(
+        &self,
+        queues: &[String],
+        block: Duration,
+    ) -> Result<Option<(String, String)>, BrokerError> {
         let keys_ = self.broker.keys.pop_order(queues);
         let secs = block.as_secs_f64().max(0.01);
         let (mut c, generation) = self.block.conn().await.map_err(|e| with_what("fetch", e))?;
@@ -944,7 +967,11 @@ impl ConsumerShared {
                 if is_connection_error(&e) {
                     Err(with_what("fetch", self.block.unreachable(&e)))
                 } else {
-                    Err(BrokerError::with_source(ErrorKind::Storage, "fetch: BRPOP", e))
+                    Err(BrokerError::with_source(
+                        ErrorKind::Storage,
+                        "fetch: BRPOP",
+                        e,
+                    ))
                 }
             }
             Err(_) => {
@@ -1037,7 +1064,10 @@ impl ConsumerShared {
                 Err(reason) => {
                     warn!("dead-lettering undecodable message {tag} from {queue}: {reason}");
                     if let Err(e) = b
-                        .take(&[tag.clone()], &Take::DeadLetter(&format!("undecodable envelope: {reason}")))
+                        .take(
+                            std::slice::from_ref(&tag),
+                            &Take::DeadLetter(&format!("undecodable envelope: {reason}")),
+                        )
                         .await
                     {
                         first_err.get_or_insert(e);
@@ -1487,7 +1517,14 @@ impl DeadLetters for RedisBroker {
             .cmd
             .run("list dead letters", true, |mut c| {
                 let key = key.clone();
-                async move { redis::cmd("LRANGE").arg(key).arg(0).arg(-1).query_async(&mut c).await }
+                async move {
+                    redis::cmd("LRANGE")
+                        .arg(key)
+                        .arg(0)
+                        .arg(-1)
+                        .query_async(&mut c)
+                        .await
+                }
             })
             .await?;
         let wanted: HashSet<&str> = ids.iter().map(String::as_str).collect();
@@ -1504,10 +1541,9 @@ impl DeadLetters for RedisBroker {
             let queue = v.get("queue").and_then(Value::as_str).unwrap_or("");
             let (env, step) = match v.get("envelope") {
                 Some(Value::String(raw)) => (raw.clone(), 0),
-                Some(env @ Value::Object(_)) => (
-                    to_python_json(env),
-                    Keys::step_for(wire_priority_of(env)),
-                ),
+                Some(env @ Value::Object(_)) => {
+                    (to_python_json(env), Keys::step_for(wire_priority_of(env)))
+                }
                 _ => continue,
             };
             if queue.is_empty() {
@@ -1572,7 +1608,10 @@ impl RedisBroker {
         env.insert("body".into(), json!(B64.encode(body)));
         env.insert("content-encoding".into(), json!("utf-8"));
         env.insert("content-type".into(), json!("application/json"));
-        env.insert("headers".into(), json!({"clock": clock, "expires": expires}));
+        env.insert(
+            "headers".into(),
+            json!({"clock": clock, "expires": expires}),
+        );
         env.insert("properties".into(), Value::Object(props));
         to_python_json(&Value::Object(env))
     }
@@ -1628,7 +1667,13 @@ impl Revocations for RedisBroker {
             .run("is revoked", true, |mut c| {
                 let key = key.clone();
                 let id = task_id.to_string();
-                async move { redis::cmd("ZSCORE").arg(key).arg(id).query_async(&mut c).await }
+                async move {
+                    redis::cmd("ZSCORE")
+                        .arg(key)
+                        .arg(id)
+                        .query_async(&mut c)
+                        .await
+                }
             })
             .await?;
         Ok(score.is_some())
@@ -1721,7 +1766,13 @@ mod tests {
         let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
         assert_eq!(
             keys,
-            ["body", "content-encoding", "content-type", "headers", "properties"]
+            [
+                "body",
+                "content-encoding",
+                "content-type",
+                "headers",
+                "properties"
+            ]
         );
         let pkeys: Vec<&str> = v["properties"]
             .as_object()

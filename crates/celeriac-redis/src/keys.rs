@@ -76,7 +76,10 @@ impl Keys {
 
     /// All four list keys of `queue`, step 0 first.
     pub fn lists(&self, queue: &str) -> Vec<String> {
-        PRIORITY_STEPS.iter().map(|s| self.list(queue, *s)).collect()
+        PRIORITY_STEPS
+            .iter()
+            .map(|s| self.list(queue, *s))
+            .collect()
     }
 
     /// kombu's BRPOP key order: step first, then queue.
@@ -91,7 +94,7 @@ impl Keys {
     pub fn queue_of_list<'a>(&self, key: &'a str) -> &'a str {
         let k = key.strip_prefix(self.prefix.as_str()).unwrap_or(key);
         match k.rsplit_once(SEP) {
-            Some((q, s)) if matches!(s, "3" | "6" | "9") => q,
+            Some((q, "3" | "6" | "9")) => q,
             _ => k,
         }
     }

@@ -152,12 +152,14 @@ impl RedisUrl {
                 // Celery accepts these in the URL; they do not change celeriac's behaviour.
                 "ssl_cert_reqs" | "ssl_ca_certs" | "ssl_certfile" | "ssl_keyfile"
                 | "socket_timeout" => {}
-                other => return Err(invalid(
-                    url,
-                    format!(
+                other => {
+                    return Err(invalid(
+                        url,
+                        format!(
                         "unknown option {other:?} (known: global_keyprefix, visibility_timeout)"
                     ),
-                )),
+                    ))
+                }
             }
         }
         Ok(parsed)

@@ -76,7 +76,10 @@ fn msg(id: &str) -> RawMessage {
     headers.insert("eta".into(), Value::Null);
     let mut properties = Map::new();
     properties.insert("correlation_id".into(), json!(id));
-    properties.insert("reply_to".into(), json!("5beee250-1ac7-320a-a0a4-96a9f6020816"));
+    properties.insert(
+        "reply_to".into(),
+        json!("5beee250-1ac7-320a-a0a4-96a9f6020816"),
+    );
     properties.insert("delivery_mode".into(), json!(2));
     properties.insert("priority".into(), json!(0));
     RawMessage {
@@ -131,11 +134,17 @@ async fn fetch_n(c: &dyn Consumer, n: usize, within: Duration) -> Vec<Delivery> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn envelope_layout_and_bindings_match_kombu() {
-    let Some(env) = Env::new("").await else { return };
+    let Some(env) = Env::new("").await else {
+        return;
+    };
     let b = env.broker().await;
     b.declare_queue("celery").await.unwrap();
-    b.publish(publish("celery", "9f3c1b52", None)).await.unwrap();
-    let raw: Vec<String> = env.cmd(redis::cmd("LRANGE").arg(env.k("celery")).arg(0).arg(-1)).await;
+    b.publish(publish("celery", "9f3c1b52", None))
+        .await
+        .unwrap();
+    let raw: Vec<String> = env
+        .cmd(redis::cmd("LRANGE").arg(env.k("celery")).arg(0).arg(-1))
+        .await;
     assert_eq!(raw.len(), 1);
     // Python's separators.
     assert!(raw[0].starts_with("{\"body\": \""), "{}", raw[0]);
@@ -143,7 +152,13 @@ async fn envelope_layout_and_bindings_match_kombu() {
     // Key order and types as vector 01.
     assert_eq!(
         keys_of(&v),
-        ["body", "content-encoding", "content-type", "headers", "properties"]
+        [
+            "body",
+            "content-encoding",
+            "content-type",
+            "headers",
+            "properties"
+        ]
     );
     assert_eq!(
         keys_of(&v["properties"]),
@@ -183,7 +198,9 @@ async fn envelope_layout_and_bindings_match_kombu() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn priority_lists_and_order() {
-    let Some(env) = Env::new("").await else { return };
+    let Some(env) = Env::new("").await else {
+        return;
+    };
     let b = env.broker().await;
     b.publish_batch(vec![
         publish("q", "p0", Some(0)),
@@ -230,11 +247,17 @@ async fn priority_lists_and_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fetch_batch_records_unacked_and_ack_removes() {
-    let Some(env) = Env::new("").await else { return };
+    let Some(env) = Env::new("").await else {
+        return;
+    };
     let b = env.broker().await;
-    b.publish_batch((0..3).map(|i| publish("q", &format!("m{i}"), None)).collect())
-        .await
-        .unwrap();
+    b.publish_batch(
+        (0..3)
+            .map(|i| publish("q", &format!("m{i}"), None))
+            .collect(),
+    )
+    .await
+    .unwrap();
     let c = consumer(&b, &["q"]).await;
     let got = c.fetch(10, Duration::from_secs(2)).await.unwrap();
     assert_eq!(ids(&got), ["m0", "m1", "m2"], "one batch, FIFO");
@@ -249,7 +272,11 @@ async fn fetch_batch_records_unacked_and_ack_removes() {
         assert_eq!(v[2], json!("q"));
         assert_eq!(v[0]["properties"]["delivery_tag"], json!(d.tag.0));
         let score: Option<f64> = env
-            .cmd(redis::cmd("ZSCORE").arg(env.k("unacked_index")).arg(&d.tag.0))
+            .cmd(
+                redis::cmd("ZSCORE")
+                    .arg(env.k("unacked_index"))
+                    .arg(&d.tag.0),
+            )
             .await;
         let now = Utc::now().timestamp() as f64;
         assert!((score.unwrap() - now).abs() < 30.0, "unix seconds");
@@ -264,7 +291,9 @@ async fn fetch_batch_records_unacked_and_ack_removes() {
     let tags: Vec<_> = got.iter().map(|d| d.tag.clone()).collect();
     c.ack(&tags).await.unwrap();
     let n: u64 = env.cmd(redis::cmd("HLEN").arg(env.k("unacked"))).await;
-    let z: u64 = env.cmd(redis::cmd("ZCARD").arg(env.k("unacked_index"))).await;
+    let z: u64 = env
+        .cmd(redis::cmd("ZCARD").arg(env.k("unacked_index")))
+        .await;
     assert_eq!((n, z), (0, 0));
     c.close().await.unwrap();
     env.cleanup().await;
@@ -272,7 +301,9 @@ async fn fetch_batch_records_unacked_and_ack_removes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requeue_restores_with_kombu_flags() {
-    let Some(env) = Env::new("").await else { return };
+    let Some(env) = Env::new("").await else {
+        return;
+    };
     let b = env.broker().await;
     b.publish_batch(vec![publish("q", "a", None), publish("q", "b", None)])
         .await
@@ -281,7 +312,9 @@ async fn requeue_restores_with_kombu_flags() {
     let got = fetch_n(&*c, 2, Duration::from_secs(2)).await;
     let tags: Vec<_> = got.iter().map(|d| d.tag.clone()).collect();
     c.requeue(&tags).await.unwrap();
-    let raw: Vec<String> = env.cmd(redis::cmd("LRANGE").arg(env.k("q")).arg(0).arg(-1)).await;
+    let raw: Vec<String> = env
+        .cmd(redis::cmd("LRANGE").arg(env.k("q")).arg(0).arg(-1))
+        .await;
     assert_eq!(raw.len(), 2);
     let v: Value = serde_json::from_str(&raw[1]).unwrap();
     assert_eq!(v["headers"]["id"], json!("a"), "RPUSHed: `a` is next");
@@ -297,18 +330,26 @@ async fn requeue_restores_with_kombu_flags() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropped_consumer_restored_by_sweep_after_visibility_timeout() {
-    let Some(env) = Env::new("&visibility_timeout=1").await else { return };
+    let Some(env) = Env::new("&visibility_timeout=1").await else {
+        return;
+    };
     let b = env.broker().await;
     b.publish(publish("q", "lost", None)).await.unwrap();
     let dead = consumer(&b, &["q"]).await;
-    assert_eq!(ids(&fetch_n(&*dead, 1, Duration::from_secs(2)).await), ["lost"]);
+    assert_eq!(
+        ids(&fetch_n(&*dead, 1, Duration::from_secs(2)).await),
+        ["lost"]
+    );
     let t0 = Instant::now();
     drop(dead);
     let other = consumer(&b, &["q"]).await;
     let got = fetch_n(&*other, 1, Duration::from_secs(5)).await;
     assert_eq!(ids(&got), ["lost"]);
     assert!(got[0].redelivered);
-    assert!(t0.elapsed() >= Duration::from_millis(900), "not before the timeout");
+    assert!(
+        t0.elapsed() >= Duration::from_millis(900),
+        "not before the timeout"
+    );
     other.ack(&[got[0].tag.clone()]).await.unwrap();
     other.close().await.unwrap();
     env.cleanup().await;
@@ -316,7 +357,9 @@ async fn dropped_consumer_restored_by_sweep_after_visibility_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keepalive_prevents_restore_of_long_task() {
-    let Some(env) = Env::new("&visibility_timeout=1").await else { return };
+    let Some(env) = Env::new("&visibility_timeout=1").await else {
+        return;
+    };
     let b = env.broker().await;
     b.publish(publish("q", "long", None)).await.unwrap();
     let worker = consumer(&b, &["q"]).await;
@@ -328,10 +371,18 @@ async fn keepalive_prevents_restore_of_long_task() {
     while Instant::now() < until {
         worker.keepalive().await.unwrap();
         let stolen = other.fetch(1, Duration::from_millis(250)).await.unwrap();
-        assert!(stolen.is_empty(), "restored while kept alive: {:?}", ids(&stolen));
+        assert!(
+            stolen.is_empty(),
+            "restored while kept alive: {:?}",
+            ids(&stolen)
+        );
     }
     worker.ack(&[got[0].tag.clone()]).await.unwrap();
-    assert!(other.fetch(1, Duration::from_millis(1500)).await.unwrap().is_empty());
+    assert!(other
+        .fetch(1, Duration::from_millis(1500))
+        .await
+        .unwrap()
+        .is_empty());
     worker.close().await.unwrap();
     other.close().await.unwrap();
     env.cleanup().await;
@@ -339,17 +390,26 @@ async fn keepalive_prevents_restore_of_long_task() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn close_restores_held_and_buffered() {
-    let Some(env) = Env::new("").await else { return };
+    let Some(env) = Env::new("").await else {
+        return;
+    };
     let b = env.broker().await;
-    b.publish_batch((0..3).map(|i| publish("q", &format!("m{i}"), None)).collect())
-        .await
-        .unwrap();
+    b.publish_batch(
+        (0..3)
+            .map(|i| publish("q", &format!("m{i}"), None))
+            .collect(),
+    )
+    .await
+    .unwrap();
     let c = consumer(&b, &["q"]).await;
     let got = c.fetch(2, Duration::from_secs(2)).await.unwrap();
     assert_eq!(ids(&got), ["m0", "m1"]);
     c.close().await.unwrap();
     c.close().await.unwrap();
-    assert_eq!(c.fetch(1, Duration::ZERO).await.unwrap_err().kind(), ErrorKind::Closed);
+    assert_eq!(
+        c.fetch(1, Duration::ZERO).await.unwrap_err().kind(),
+        ErrorKind::Closed
+    );
     let n: u64 = env.cmd(redis::cmd("HLEN").arg(env.k("unacked"))).await;
     assert_eq!(n, 0);
     let c2 = consumer(&b, &["q"]).await;
@@ -361,12 +421,16 @@ async fn close_restores_held_and_buffered() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropped_fetch_future_loses_nothing() {
-    let Some(env) = Env::new("").await else { return };
+    let Some(env) = Env::new("").await else {
+        return;
+    };
     let b = env.broker().await;
     let c = consumer(&b, &["q"]).await;
     // The fetch blocks in BRPOP; the caller gives up on it.
     let waiting = c.fetch(1, Duration::from_secs(3));
-    assert!(tokio::time::timeout(Duration::from_millis(200), waiting).await.is_err());
+    assert!(tokio::time::timeout(Duration::from_millis(200), waiting)
+        .await
+        .is_err());
     // The message arrives while the abandoned BRPOP is still blocked and is popped by it.
     b.publish(publish("q", "late", None)).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -381,14 +445,15 @@ async fn dropped_fetch_future_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eta_is_parked_and_runs_once_on_time_with_two_consumers() {
-    let Some(env) = Env::new("&visibility_timeout=1").await else { return };
+    let Some(env) = Env::new("&visibility_timeout=1").await else {
+        return;
+    };
     let b = env.broker().await;
     let due = Utc::now() + TimeDelta::milliseconds(2500);
     let mut p = publish("q", "eta", None);
-    p.message.headers.insert(
-        "eta".into(),
-        json!(celeriac_core::time::to_iso(due)),
-    );
+    p.message
+        .headers
+        .insert("eta".into(), json!(celeriac_core::time::to_iso(due)));
     p.not_before = Some(due);
     b.publish(p).await.unwrap();
     // Published like Celery: on the list, with headers.eta.
@@ -397,9 +462,15 @@ async fn eta_is_parked_and_runs_once_on_time_with_two_consumers() {
     let c1: Arc<Box<dyn Consumer>> = Arc::new(consumer(&b, &["q"]).await);
     let b2 = env.broker().await;
     let c2: Arc<Box<dyn Consumer>> = Arc::new(consumer(&b2, &["q"]).await);
-    assert!(c1.fetch(10, Duration::from_millis(300)).await.unwrap().is_empty());
+    assert!(c1
+        .fetch(10, Duration::from_millis(300))
+        .await
+        .unwrap()
+        .is_empty());
     // Parked: not unacked, not on the list, in the delayed set.
-    let parked: u64 = env.cmd(redis::cmd("ZCARD").arg(env.k("celeriac.delayed.q"))).await;
+    let parked: u64 = env
+        .cmd(redis::cmd("ZCARD").arg(env.k("celeriac.delayed.q")))
+        .await;
     let unacked: u64 = env.cmd(redis::cmd("HLEN").arg(env.k("unacked"))).await;
     assert_eq!((parked, unacked), (1, 0));
     let l = b.queue_stats().unwrap().queue_lengths(&[]).await.unwrap();
@@ -432,7 +503,9 @@ async fn eta_is_parked_and_runs_once_on_time_with_two_consumers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn purge_and_queue_lengths() {
-    let Some(env) = Env::new("").await else { return };
+    let Some(env) = Env::new("").await else {
+        return;
+    };
     let b = env.broker().await;
     b.declare_queue("empty").await.unwrap();
     b.publish_batch(vec![
@@ -459,7 +532,9 @@ async fn purge_and_queue_lengths() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_and_undecodable_envelopes() {
-    let Some(env) = Env::new("").await else { return };
+    let Some(env) = Env::new("").await else {
+        return;
+    };
     let b = env.broker().await;
     b.publish(publish("q", "bad", None)).await.unwrap();
     let _: () = env
@@ -468,7 +543,11 @@ async fn dead_letters_and_undecodable_envelopes() {
     let c = consumer(&b, &["q"]).await;
     let got = fetch_n(&*c, 1, Duration::from_secs(2)).await;
     assert_eq!(ids(&got), ["bad"]);
-    assert!(c.fetch(1, Duration::from_millis(100)).await.unwrap().is_empty());
+    assert!(c
+        .fetch(1, Duration::from_millis(100))
+        .await
+        .unwrap()
+        .is_empty());
     c.dead_letter(&got[0].tag, "cannot run").await.unwrap();
     let n: u64 = env.cmd(redis::cmd("HLEN").arg(env.k("unacked"))).await;
     assert_eq!(n, 0);
@@ -478,9 +557,17 @@ async fn dead_letters_and_undecodable_envelopes() {
     let bad = list.iter().find(|d| d.reason == "cannot run").unwrap();
     assert_eq!(bad.queue, "q");
     assert_eq!(bad.message.task_id(), Some("bad"));
-    let junk = list.iter().find(|d| d.reason.contains("undecodable")).unwrap();
+    let junk = list
+        .iter()
+        .find(|d| d.reason.contains("undecodable"))
+        .unwrap();
     assert_eq!(junk.message.body, b"this is not json");
-    assert_eq!(dl.requeue_dead_letters(&[bad.id.clone()]).await.unwrap(), 1);
+    assert_eq!(
+        dl.requeue_dead_letters(std::slice::from_ref(&bad.id))
+            .await
+            .unwrap(),
+        1
+    );
     let back = fetch_n(&*c, 1, Duration::from_secs(2)).await;
     assert_eq!(ids(&back), ["bad"]);
     assert_eq!(dl.list_dead_letters(10).await.unwrap().len(), 1);
@@ -490,7 +577,9 @@ async fn dead_letters_and_undecodable_envelopes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revocations_are_durable_and_broadcast_to_python_workers() {
-    let Some(env) = Env::new("").await else { return };
+    let Some(env) = Env::new("").await else {
+        return;
+    };
     let b = env.broker().await;
     let client = redis::Client::open(env.base.split('?').next().unwrap()).unwrap();
     let mut sub = client.get_async_pubsub().await.unwrap();
@@ -501,9 +590,7 @@ async fn revocations_are_durable_and_broadcast_to_python_workers() {
     let r = b.revocations().unwrap();
     r.revoke(&["t1".into(), "t2".into()], true).await.unwrap();
     let mut stream = Box::pin(sub.on_message());
-    let next = std::future::poll_fn(|cx| {
-        futures_core::Stream::poll_next(stream.as_mut(), cx)
-    });
+    let next = std::future::poll_fn(|cx| futures_core::Stream::poll_next(stream.as_mut(), cx));
     let m = tokio::time::timeout(Duration::from_secs(2), next)
         .await
         .unwrap()
@@ -512,7 +599,13 @@ async fn revocations_are_durable_and_broadcast_to_python_workers() {
     let v: Value = serde_json::from_str(&payload).unwrap();
     assert_eq!(
         keys_of(&v),
-        ["body", "content-encoding", "content-type", "headers", "properties"]
+        [
+            "body",
+            "content-encoding",
+            "content-type",
+            "headers",
+            "properties"
+        ]
     );
     assert_eq!(keys_of(&v["headers"]), ["clock", "expires"]);
     assert_eq!(
@@ -552,7 +645,9 @@ async fn revocations_are_durable_and_broadcast_to_python_workers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resumes_consuming_after_client_kill() {
-    let Some(env) = Env::new("").await else { return };
+    let Some(env) = Env::new("").await else {
+        return;
+    };
     let b = env.broker().await;
     b.publish(publish("q", "before", None)).await.unwrap();
     let c: Arc<Box<dyn Consumer>> = Arc::new(consumer(&b, &["q"]).await);
@@ -572,11 +667,17 @@ async fn resumes_consuming_after_client_kill() {
             l.split(' ')
                 .any(|f| f.starts_with(&format!("name={}", b.client_name())))
         })
-        .filter_map(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")).map(String::from))
+        .filter_map(|l| {
+            l.split(' ')
+                .find_map(|f| f.strip_prefix("id="))
+                .map(String::from)
+        })
         .collect();
     assert!(mine.len() >= 2, "command and fetch connections: {list}");
     for id in &mine {
-        let _: i64 = env.cmd(redis::cmd("CLIENT").arg("KILL").arg("ID").arg(id)).await;
+        let _: i64 = env
+            .cmd(redis::cmd("CLIENT").arg("KILL").arg("ID").arg(id))
+            .await;
     }
     match blocked.await.unwrap() {
         Ok(got) => assert!(got.is_empty()),
