@@ -827,11 +827,9 @@ async fn purge(f: &dyn BrokerFactory) -> CaseResult {
         .await
         .expect("the held message can still be acked");
     let k = consumer(&b, &[&keep]).await;
-    assert_eq!(
-        fetch_n(&*k, 1, 1, Duration::from_secs(5)).await.len(),
-        1,
-        "other queues are untouched"
-    );
+    let kept = fetch_n(&*k, 1, 1, Duration::from_secs(5)).await;
+    assert_eq!(kept.len(), 1, "other queues are untouched");
+    k.ack(&tags(&kept)).await.expect("ack");
     let never = unique("never-used");
     assert_eq!(purger.purge(&never).await.expect("purge"), 0);
     Ok(())
@@ -963,7 +961,7 @@ async fn dead_letters_list_and_requeue(f: &dyn BrokerFactory) -> CaseResult {
     };
     let q = unique("q");
     let (bad1, bad2) = (unique("bad1"), unique("bad2"));
-    b.publish_batch(vec![publish(&q, &bad1, Some(5)), publish(&q, &bad2, None)])
+    b.publish_batch(vec![publish(&q, &bad1, None), publish(&q, &bad2, None)])
         .await
         .expect("publish");
     let c = consumer(&b, &[&q]).await;
