@@ -7,7 +7,13 @@
 //! embedded store and RabbitMQ use that order natively; on Redis, whose kombu layout serves
 //! 0 first, the broker maps an explicit priority `p` to `9 - p` on the wire and back on
 //! delivery (so [`RawMessage`] properties always carry celeriac's order). Within one
-//! priority, first in, first out.
+//! priority, first in, first out. Redis keeps only four levels (kombu's steps 0, 3, 6, 9), so
+//! nearby priorities may share a level there; `None` ranks where the engine's wire default
+//! ranks (least urgent on the embedded store, with Celery's defaults on Redis), so do not mix
+//! `None` and explicit priorities where the order between them matters.
+//!
+//! A delivered message carries every header and property that was published; an engine may
+//! add transport properties but never changes headers.
 
 use std::time::Duration;
 
@@ -121,7 +127,8 @@ pub trait Broker: Send + Sync + 'static {
 /// [`Consumer::keepalive`] keeps them, however long a task runs.
 #[async_trait]
 pub trait Consumer: Send + Sync {
-    /// Up to `max` due messages, waiting up to `wait` for the first one.
+    /// Up to `max` due messages, waiting up to `wait` for the first one. After
+    /// [`Consumer::close`] it fails with [`ErrorKind::Closed`](crate::ErrorKind::Closed).
     async fn fetch(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>, BrokerError>;
 
     /// Done with these messages: remove them.
@@ -197,6 +204,7 @@ pub struct Revocation {
 pub trait Revocations: Send + Sync {
     async fn revoke(&self, task_ids: &[String], terminate: bool) -> Result<(), BrokerError>;
     async fn is_revoked(&self, task_id: &str) -> Result<bool, BrokerError>;
-    /// Revocations recorded after `cursor` (0 = all), and the cursor to pass next time.
+    /// Revocations recorded after `cursor` (0 = all), and the cursor to pass next time; the
+    /// cursor never goes backwards and moves forward whenever something is returned.
     async fn revocations_since(&self, cursor: u64) -> Result<(Vec<Revocation>, u64), BrokerError>;
 }

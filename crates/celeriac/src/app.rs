@@ -132,7 +132,7 @@ impl App {
             .get_or_try_init(|| async {
                 let broker = self.inner.config.resolved_broker_url();
                 let backend = self.inner.config.resolved_backend_url();
-                connect::open(&broker, &backend)
+                connect::open(&broker, &backend).await
             })
             .await
     }

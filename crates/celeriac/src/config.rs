@@ -12,8 +12,8 @@ pub const BACKEND_ENV: &str = "CELERIAC_RESULT_BACKEND";
 pub struct Config {
     /// `broker_url`; `None` means the environment or the embedded default.
     pub broker_url: Option<String>,
-    /// `result_backend`; `None` means the environment, else the broker's own store when it has
-    /// one (the embedded store does), else the embedded default.
+    /// `result_backend`; `None` means the environment, else the broker's own server when it
+    /// can hold results (the embedded store and Redis can), else the embedded default.
     pub result_backend: Option<String>,
     /// `task_default_queue`.
     pub task_default_queue: String,
@@ -60,8 +60,12 @@ impl Config {
         env_value(BACKEND_ENV)
             .or_else(|| self.result_backend.clone())
             .unwrap_or_else(|| {
+                // Engines that can hold results hold them by default: the embedded store, Redis.
                 let broker = self.resolved_broker_url();
-                if broker.starts_with("sqlite:") {
+                if ["sqlite:", "redis:", "rediss:"]
+                    .iter()
+                    .any(|p| broker.starts_with(p))
+                {
                     broker
                 } else {
                     DEFAULT_URL.to_string()

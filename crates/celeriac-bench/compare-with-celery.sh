@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Side-by-side on one Redis: celeriac (one worker process) and Python Celery 5.7 (prefork -c 2)
+# drain the same number of no-op tasks; prints both and the ratio.
+#
+#   crates/celeriac-bench/compare-with-celery.sh [N] [redis://127.0.0.1:6379/8]
+#
+# Needs .venv with celery[redis]==5.7.0 (as .ci/run creates). The database is flushed.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+N="${1:-20000}"
+URL="${2:-redis://127.0.0.1:6379/8}"
+PY="${CELERIAC_PYTHON:-.venv/bin/python}"
+
+"$PY" -c 'import redis, sys; redis.Redis.from_url(sys.argv[1]).flushdb()' "$URL"
+cargo build --release -q -p celeriac-bench
+echo "== celeriac ($URL, N=$N per enqueue phase)"
+celeriac_out=$(./target/release/celeriac-bench --broker "$URL" -n "$N")
+echo "$celeriac_out"
+"$PY" -c 'import redis, sys; redis.Redis.from_url(sys.argv[1]).flushdb()' "$URL"
+echo "== Python Celery 5.7 prefork -c 2 ($URL, N=$N)"
+celery_out=$(cd tests/interop && CELERIAC_INTEROP_BROKER="$URL" "../../$PY" bench_celery.py "$N")
+echo "$celery_out"
+
+drain_rs=$(echo "$celeriac_out" | sed -n 's/^drain.*: *\([0-9]*\) tasks\/s.*/\1/p')
+enq_rs=$(echo "$celeriac_out" | sed -n 's/^enqueue (single apply_async): *\([0-9]*\).*/\1/p')
+drain_py=$(echo "$celery_out" | sed -n 's/.*"drain_per_s": \([0-9]*\).*/\1/p')
+enq_py=$(echo "$celery_out" | sed -n 's/.*"enqueue_per_s": \([0-9]*\).*/\1/p')
+echo "== ratio celeriac / Celery"
+awk -v a="$drain_rs" -v b="$drain_py" 'BEGIN { printf "drain:   %.1fx (%d vs %d tasks/s)\n", a / b, a, b }'
+awk -v a="$enq_rs" -v b="$enq_py" 'BEGIN { printf "enqueue: %.1fx (%d vs %d tasks/s)\n", a / b, a, b }'

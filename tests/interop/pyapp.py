@@ -1,0 +1,64 @@
+"""The Python twin of celeriac's demo app (examples/demo/lib.rs): same task names and
+signatures, so either side can run any call. Used by the interop tests and the side-by-side
+benchmark. Configuration comes from the environment:
+
+  CELERIAC_INTEROP_BROKER      broker URL (default redis://127.0.0.1:6379/0)
+  CELERIAC_INTEROP_BACKEND     result backend URL (default: the broker URL)
+  CELERIAC_INTEROP_VISIBILITY  Redis visibility_timeout in seconds (default 3600)
+"""
+
+import os
+import time
+
+from celery import Celery
+
+broker = os.environ.get("CELERIAC_INTEROP_BROKER", "redis://127.0.0.1:6379/0")
+backend = os.environ.get("CELERIAC_INTEROP_BACKEND", broker)
+
+app = Celery("pyapp", broker=broker, backend=backend)
+app.conf.update(
+    broker_transport_options={
+        "visibility_timeout": float(os.environ.get("CELERIAC_INTEROP_VISIBILITY", "3600")),
+    },
+    broker_connection_retry_on_startup=True,
+    worker_hijack_root_logger=False,
+    result_expires=3600,
+)
+
+
+@app.task(name="tasks.add")
+def add(x, y):
+    return x + y
+
+
+@app.task(name="tasks.mul")
+def mul(x, y):
+    return x * y
+
+
+@app.task(name="tasks.noop")
+def noop():
+    return None
+
+
+@app.task(name="tasks.echo")
+def echo(*args, **kwargs):
+    return {"args": list(args), "kwargs": kwargs}
+
+
+@app.task(name="tasks.sleep", acks_late=True)
+def sleep(seconds):
+    time.sleep(seconds)
+    return seconds
+
+
+@app.task(name="tasks.fail")
+def fail(message):
+    raise ValueError(message)
+
+
+@app.task(name="tasks.flaky", bind=True, max_retries=10)
+def flaky(self, n):
+    if self.request.retries < n:
+        raise self.retry(countdown=0, exc=KeyError("try again"))
+    return self.request.retries
