@@ -79,6 +79,10 @@ pub struct ConsumerSpec {
     pub queues: Vec<String>,
     /// The worker's node name, recorded with leases for people reading queue state.
     pub name: String,
+    /// The most messages the worker holds at once (its prefetch window); push-based engines
+    /// set their server-side limit from it (AMQP `basic.qos`). 0: no limit. Pull-based
+    /// engines need not use it: `fetch(max)` already bounds what they hand out.
+    pub prefetch: usize,
 }
 
 /// The required broker surface.

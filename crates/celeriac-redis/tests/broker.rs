@@ -104,6 +104,7 @@ async fn consumer(b: &Arc<RedisBroker>, queues: &[&str]) -> Box<dyn Consumer> {
     b.consumer(ConsumerSpec {
         queues: queues.iter().map(|q| q.to_string()).collect(),
         name: "w@test".into(),
+        prefetch: 0,
     })
     .await
     .expect("consumer")

@@ -21,7 +21,7 @@
 //! };
 //! store.publish(Publish { queue: "celery".into(), priority: None, not_before: None, message }).await.unwrap();
 //!
-//! let consumer = store.consumer(ConsumerSpec { queues: vec!["celery".into()], name: "w1".into() }).await.unwrap();
+//! let consumer = store.consumer(ConsumerSpec { queues: vec!["celery".into()], name: "w1".into(), prefetch: 0 }).await.unwrap();
 //! let got = consumer.fetch(10, Duration::from_secs(1)).await.unwrap();
 //! assert_eq!(got.len(), 1);
 //! assert_eq!(got[0].message.body, b"[[2, 3], {}, {}]");

@@ -171,6 +171,7 @@ async fn consumer(broker: &Arc<dyn Broker>, queues: &[&str]) -> Box<dyn Consumer
         .consumer(ConsumerSpec {
             queues: queues.iter().map(|q| q.to_string()).collect(),
             name: "conformance@testkit".into(),
+            prefetch: 0,
         })
         .await
         .expect("consumer")

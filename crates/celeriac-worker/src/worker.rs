@@ -242,6 +242,7 @@ impl Worker {
                 .consumer(ConsumerSpec {
                     queues: config.queues.clone(),
                     name: config.hostname.clone(),
+                    prefetch: config.concurrency.max(1) * config.prefetch_multiplier.max(1),
                 })
                 .await
                 .map_err(WorkerError::Broker)?,

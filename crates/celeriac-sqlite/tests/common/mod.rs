@@ -67,6 +67,7 @@ pub async fn consumer(store: &SqliteStore, queues: &[&str]) -> Box<dyn Consumer>
         .consumer(ConsumerSpec {
             queues: queues.iter().map(|q| q.to_string()).collect(),
             name: "test@host".into(),
+            prefetch: 0,
         })
         .await
         .unwrap()
