@@ -5,46 +5,22 @@
 //! `celery[redis]==5.7.0`: `.venv/bin/python` at the workspace root (what `.ci/run` creates)
 //! or `CELERIAC_PYTHON`. Each test uses its own Redis database, flushed first.
 
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+mod common;
+
 use std::time::{Duration, Instant};
 
-use celeriac::serde_json::{self, json, Value};
-use celeriac::{App, ResultError, TaskState};
+use celeriac::serde_json::{json, Value};
+use celeriac::{ResultError, TaskState};
 use celeriac_demo::{add, fail, flaky, sleep};
-
-const WAIT: Duration = Duration::from_secs(40);
-const DEMO: &str = env!("CARGO_BIN_EXE_celeriac-demo");
-
-fn interop_dir() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/interop"))
-}
-
-fn python() -> PathBuf {
-    if let Ok(p) = std::env::var("CELERIAC_PYTHON") {
-        return PathBuf::from(p);
-    }
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.venv/bin/python"))
-}
+use common::*;
 
 /// One test's Redis database, flushed; `None` (test skipped) without CELERIAC_TEST_REDIS_URL.
-struct Env {
-    url: String,
-}
-
 fn env(db: u8, test: &str) -> Option<Env> {
     let Ok(base) = std::env::var("CELERIAC_TEST_REDIS_URL") else {
         eprintln!("skipped {test}: CELERIAC_TEST_REDIS_URL not set");
         return None;
     };
-    let python = python();
-    assert!(
-        python.exists(),
-        "{test}: CELERIAC_TEST_REDIS_URL is set but {} does not exist: create the venv with `python3 -m venv .venv && .venv/bin/pip install \"celery[redis]==5.7.0\"` (as .ci/run does) or set CELERIAC_PYTHON",
-        python.display()
-    );
+    require_python(test);
     // Keep scheme, credentials and host; the database is this test's own.
     let without_query = base.split('?').next().unwrap_or(&base);
     let (scheme, rest) = without_query
@@ -58,151 +34,10 @@ fn env(db: u8, test: &str) -> Option<Env> {
         .get_connection()
         .unwrap_or_else(|e| panic!("{test}: Redis at {url} is down: {e}"));
     redis::cmd("FLUSHDB").exec(&mut conn).expect("FLUSHDB");
-    Some(Env { url })
-}
-
-struct Proc {
-    child: Child,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Proc {
-    fn spawn(mut cmd: Command, ready: &str) -> Proc {
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("process starts");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        for stream in [
-            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
-            Box::new(child.stderr.take().unwrap()),
-        ] {
-            let sink = log.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    sink.lock().unwrap().push(line);
-                }
-            });
-        }
-        let p = Proc { child, log };
-        p.wait_for(ready);
-        p
-    }
-
-    fn wait_for(&self, needle: &str) {
-        let deadline = Instant::now() + WAIT;
-        while !self.log.lock().unwrap().iter().any(|l| l.contains(needle)) {
-            assert!(
-                Instant::now() < deadline,
-                "never saw {needle:?}: {:#?}",
-                self.log.lock().unwrap()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn lines(&self) -> Vec<String> {
-        self.log.lock().unwrap().clone()
-    }
-
-    fn kill9(&mut self) {
-        self.child.kill().unwrap();
-        let _ = self.child.wait();
-    }
-
-    fn stop(mut self) -> Vec<String> {
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + WAIT;
-        while self.child.try_wait().unwrap().is_none() {
-            assert!(Instant::now() < deadline, "process did not stop");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        std::thread::sleep(Duration::from_millis(50));
-        self.lines()
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn rust_worker(e: &Env, queues: &str, url_options: &str) -> Proc {
-    let mut cmd = Command::new(DEMO);
-    cmd.args([
-        "worker",
-        "-l",
-        "info",
-        "-c",
-        "4",
-        "-n",
-        "rust@interop",
-        "-Q",
-        queues,
-    ])
-    .env("CELERIAC_BROKER_URL", format!("{}{url_options}", e.url))
-    .env("NO_COLOR", "1");
-    Proc::spawn(cmd, "worker ready")
-}
-
-fn python_worker(e: &Env, queues: &str, visibility: &str) -> Proc {
-    let mut cmd = Command::new(python());
-    cmd.args([
-        "-m",
-        "celery",
-        "-A",
-        "pyapp",
-        "worker",
-        "-l",
-        "info",
-        "-P",
-        "threads",
-        "-c",
-        "4",
-        "-n",
-        "py@interop",
-        "-Q",
-        queues,
-        "--without-mingle",
-        "--without-gossip",
-    ])
-    .current_dir(interop_dir())
-    .env("CELERIAC_INTEROP_BROKER", &e.url)
-    .env("CELERIAC_INTEROP_VISIBILITY", visibility);
-    Proc::spawn(cmd, "ready.")
-}
-
-/// Runs tests/interop/client.py and returns its JSON line.
-fn py_client(e: &Env, args: &[&str]) -> Value {
-    let out = Command::new(python())
-        .arg("client.py")
-        .args(args)
-        .current_dir(interop_dir())
-        .env("CELERIAC_INTEROP_BROKER", &e.url)
-        .output()
-        .expect("python client runs");
-    assert!(
-        out.status.success(),
-        "client.py {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(text.lines().last().unwrap_or(""))
-        .unwrap_or_else(|err| panic!("client.py printed {text:?}: {err}"))
-}
-
-fn rust_client(e: &Env) -> App {
-    celeriac_demo::app().reconfigured(|c| c.broker_url = Some(e.url.clone()))
-}
-
-fn count(lines: &[String], id: &str, word: &str) -> usize {
-    lines
-        .iter()
-        .filter(|l| l.contains(id) && l.contains(word))
-        .count()
+    Some(Env {
+        broker: url.clone(),
+        backend: url,
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -418,7 +253,7 @@ async fn kill_9_celeriac_worker_mid_task_and_python_worker_takes_it_over() {
     let r = sleep::delay(&app, 3.0).await.unwrap();
     let deadline = Instant::now() + WAIT;
     // Held by the celeriac worker (in Redis's unacked hash): then kill it.
-    let client = redis::Client::open(e.url.as_str()).unwrap();
+    let client = redis::Client::open(e.broker.as_str()).unwrap();
     let mut conn = client.get_connection().unwrap();
     loop {
         let held: i64 = redis::cmd("HLEN").arg("unacked").query(&mut conn).unwrap();
