@@ -44,7 +44,8 @@ struct Opts {
     /// Broker URL (default: a fresh sqlite file in a temp dir).
     #[arg(long)]
     broker: Option<String>,
-    /// Tasks per enqueue phase (the drain phase runs both phases' tasks: 2 × N).
+    /// Tasks per enqueue kind: N single calls (half sequential, half from concurrent
+    /// producers) and N in bulk; the drain phase runs all of them.
     #[arg(short = 'n', long, default_value_t = 50_000)]
     n: usize,
     /// Latency phase: number of tasks.
@@ -53,6 +54,9 @@ struct Opts {
     /// Latency phase: tasks per second.
     #[arg(long, default_value_t = 500)]
     rate: u64,
+    /// Concurrent producers for the second single-call enqueue phase.
+    #[arg(long, default_value_t = 8)]
+    producers: usize,
     /// Worker concurrency.
     #[arg(short = 'c', long, default_value_t = 100)]
     concurrency: usize,
@@ -108,13 +112,37 @@ async fn bench(opts: Opts) -> Result<(), Box<dyn std::error::Error>> {
     println!("broker: {}", broker.display_url());
     println!("tasks per enqueue phase: {}", opts.n);
 
-    // 1. Enqueue, one apply_async per task.
+    // 1. Enqueue, one apply_async per task: from one sequential producer (bound by the
+    //    broker round trip), then from concurrent producers (as a web server sends tasks).
+    let sequential = opts.n / 2;
     let started = Instant::now();
-    for _ in 0..opts.n {
+    for _ in 0..sequential {
         noop::s().apply_async(&app).await?;
     }
-    let single = opts.n as f64 / started.elapsed().as_secs_f64();
-    println!("enqueue (single apply_async): {single:>10.0} tasks/s");
+    let single = sequential as f64 / started.elapsed().as_secs_f64();
+    println!("enqueue (single apply_async, 1 producer):  {single:>10.0} tasks/s");
+    let concurrent = opts.n - sequential;
+    let per_producer = concurrent / opts.producers.max(1);
+    let started = Instant::now();
+    let mut producers = Vec::new();
+    for _ in 0..opts.producers.max(1) {
+        let app = app.clone();
+        producers.push(tokio::spawn(async move {
+            for _ in 0..per_producer {
+                noop::s().apply_async(&app).await?;
+            }
+            Ok::<(), celeriac::Error>(())
+        }));
+    }
+    for p in producers {
+        p.await??;
+    }
+    let sent = per_producer * opts.producers.max(1);
+    let parallel = sent as f64 / started.elapsed().as_secs_f64();
+    println!(
+        "enqueue (single apply_async, {} producers): {parallel:>10.0} tasks/s",
+        opts.producers
+    );
 
     // 2. Enqueue in bulk.
     let started = Instant::now();
@@ -129,7 +157,7 @@ async fn bench(opts: Opts) -> Result<(), Box<dyn std::error::Error>> {
     println!("enqueue (bulk send_batch):    {bulk:>10.0} tasks/s");
 
     // 3. Drain: one worker process, acks and results included.
-    let total = 2 * opts.n as u64;
+    let total = (sequential + sent + opts.n) as u64;
     let started = Instant::now();
     let mut worker = spawn_worker(&url, opts.concurrency)?;
     wait_drained(&app).await?;

@@ -752,7 +752,10 @@ impl Broker for RedisBroker {
         let queues: Vec<&str> = messages.iter().map(|m| m.queue.as_str()).collect();
         self.inner.declare(&queues).await?;
         let mut pipe = redis::pipe();
-        pipe.atomic();
+        // One LPUSH is atomic by itself; MULTI/EXEC only pays off for a batch.
+        if messages.len() > 1 {
+            pipe.atomic();
+        }
         for m in &messages {
             let wire = wire_priority(m.priority);
             let env = envelope(&m.message, &m.queue, wire);
