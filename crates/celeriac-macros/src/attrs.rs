@@ -393,27 +393,9 @@ fn priority(e: &Expr) -> syn::Result<u8> {
     }
 }
 
-/// The same rules as `celeriac_core::rate::RateLimit::parse`, so that a limit accepted here
-/// parses at run time: `count/unit` with unit `s`, `m` or `h`, or a bare count per second.
+/// Checks a rate limit at compile time with the very parser the worker uses at run time.
 pub(crate) fn parse_rate_limit(s: &str) -> Result<(f64, Duration), String> {
-    let s = s.trim();
-    let (num, unit) = match s.split_once('/') {
-        Some((n, u)) => (n.trim(), u.trim()),
-        None => (s, "s"),
-    };
-    let count: f64 = num
-        .parse()
-        .map_err(|_| format!("rate limit {s:?}: {num:?} is not a number"))?;
-    if count.is_nan() || count <= 0.0 || !count.is_finite() {
-        return Err(format!("rate limit {s:?}: the count must be positive"));
-    }
-    let per = match unit {
-        "s" => Duration::from_secs(1),
-        "m" => Duration::from_secs(60),
-        "h" => Duration::from_secs(3600),
-        other => return Err(format!("rate limit {s:?}: unit {other:?} is not s, m or h")),
-    };
-    Ok((count, per))
+    celeriac_core::rate::RateLimit::parse(s).map(|r| (r.count, r.per))
 }
 
 /// `::core::time::Duration::new(secs, nanos)`, exact.
