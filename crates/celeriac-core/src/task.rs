@@ -96,8 +96,11 @@ pub struct TaskOptions {
     pub time_limit: Option<Duration>,
     pub soft_time_limit: Option<Duration>,
     pub acks_late: bool,
-    /// With `acks_late`: when the worker dies mid-task, put the message back (true) or count
-    /// it as failed (false, Celery's default).
+    /// Celery's flag for late-ack tasks whose worker dies: put the message back (true) or
+    /// count it as failed (false). Accepted so Celery task definitions carry over, but a
+    /// celeriac worker never loses such a task: every engine delivers the message again (the
+    /// embedded store's lease lapses, Redis's restore sweep, AMQP's redelivery), which is
+    /// Celery's `true` behaviour whatever this says.
     pub reject_on_worker_lost: bool,
     pub ignore_result: bool,
     pub track_started: bool,
