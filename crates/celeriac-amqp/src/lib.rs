@@ -1,0 +1,12 @@
+//! RabbitMQ (AMQP 0-9-1) for celeriac, with Celery's exact topology so celeriac and Python
+//! Celery processes share queues on one vhost. See `docs/amqp.md`.
+
+mod broker;
+mod codec;
+mod consumer;
+mod topology;
+mod url;
+
+pub use broker::AmqpBroker;
+pub use codec::{from_table, to_table};
+pub use url::{redact, AmqpUrl};

@@ -1,0 +1,267 @@
+//! Every name and declaration, matching what Celery 5.7 / kombu declare (vector 24), so
+//! declarations are equivalent and RabbitMQ never answers `PRECONDITION_FAILED`.
+
+use lapin::options::{
+    ExchangeBindOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::{Channel, ExchangeKind};
+
+use crate::url::AmqpUrl;
+
+/// Celery's remote-control fanout exchange (non-durable).
+pub const PIDBOX_EXCHANGE: &str = "celery.pidbox";
+/// Celery's remote-control reply exchange (direct, non-durable).
+pub const REPLY_EXCHANGE: &str = "reply.celery.pidbox";
+/// Celery's event exchange (topic, durable).
+pub const EVENT_EXCHANGE: &str = "celeryev";
+/// Where celeriac keeps dead letters (durable classic queue).
+pub const DEAD_LETTERS: &str = "celeriac.dead_letters";
+/// Where celeriac records revocations durably (a stream).
+pub const REVOCATIONS: &str = "celeriac.revocations";
+/// kombu's native delayed delivery: bits in the routing key, 28 levels.
+pub const DELAY_BITS: u32 = 28;
+/// The exchange the ladder delivers into.
+pub const DELAYED_DELIVERY: &str = "celery_delayed_delivery";
+
+pub fn level_name(level: u32) -> String {
+    format!("celery_delayed_{level}")
+}
+
+/// kombu's `calculate_routing_key`: 28 binary digits of the delay in seconds, dot-separated,
+/// then the original routing key.
+pub fn delayed_routing_key(seconds: u64, routing_key: &str) -> String {
+    let seconds = seconds.min((1 << DELAY_BITS) - 1);
+    let bits = format!("{seconds:028b}");
+    let mut out = String::with_capacity(56 + routing_key.len() + 1);
+    for b in bits.chars() {
+        out.push(b);
+        out.push('.');
+    }
+    out.push_str(routing_key);
+    out
+}
+
+/// The binding from the delivery exchange to a task queue: 28 single-word wildcards, then
+/// the queue name (exact, unlike `#.<name>`, which would also match `other.<name>`).
+pub fn delivery_binding_key(queue: &str) -> String {
+    format!("{}{queue}", "*.".repeat(DELAY_BITS as usize))
+}
+
+fn long(s: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(s.as_bytes()))
+}
+
+fn durable_exchange() -> ExchangeDeclareOptions {
+    ExchangeDeclareOptions {
+        durable: true,
+        ..Default::default()
+    }
+}
+
+/// The arguments of a task queue: `x-max-priority` / `x-queue-type` only when configured.
+pub fn task_queue_arguments(url: &AmqpUrl) -> FieldTable {
+    let mut args = FieldTable::default();
+    if let Some(p) = url.max_priority {
+        args.insert("x-max-priority".into(), AMQPValue::LongInt(i32::from(p)));
+    }
+    if url.quorum {
+        args.insert("x-queue-type".into(), long("quorum"));
+    }
+    args
+}
+
+/// A task queue as Celery declares it: durable direct exchange named after the queue,
+/// durable queue, binding with routing key = queue name; plus the binding from kombu's
+/// delayed-delivery exchange so messages leaving the delay ladder land here.
+pub async fn declare_task_queue(ch: &Channel, url: &AmqpUrl, queue: &str) -> lapin::Result<()> {
+    ch.exchange_declare(
+        queue.into(),
+        ExchangeKind::Direct,
+        durable_exchange(),
+        FieldTable::default(),
+    )
+    .await?;
+    ch.queue_declare(
+        queue.into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        task_queue_arguments(url),
+    )
+    .await?;
+    ch.queue_bind(
+        queue.into(),
+        queue.into(),
+        queue.into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await?;
+    ch.queue_bind(
+        queue.into(),
+        DELAYED_DELIVERY.into(),
+        delivery_binding_key(queue).into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await?;
+    Ok(())
+}
+
+/// kombu's `declare_native_delayed_delivery_exchanges_and_queues` with `queue_type='quorum'`
+/// (Celery's default `broker_native_delayed_delivery_queue_type`): identical names, types
+/// and arguments, so Python and celeriac share one ladder.
+pub async fn declare_delay_ladder(ch: &Channel) -> lapin::Result<()> {
+    let mut routing_key = String::from("1.#");
+    for level in (0..DELAY_BITS).rev() {
+        let current = level_name(level);
+        ch.exchange_declare(
+            current.as_str().into(),
+            ExchangeKind::Topic,
+            durable_exchange(),
+            FieldTable::default(),
+        )
+        .await?;
+        let mut args = FieldTable::default();
+        args.insert("x-queue-type".into(), long("quorum"));
+        args.insert("x-overflow".into(), long("reject-publish"));
+        args.insert(
+            "x-message-ttl".into(),
+            // py-amqp's encoding: `I` when it fits 32 bits, else `l`.
+            crate::codec::to_amqp(&serde_json::json!((1i64 << level) * 1000)),
+        );
+        let dlx = if level > 0 {
+            level_name(level - 1)
+        } else {
+            DELAYED_DELIVERY.to_string()
+        };
+        args.insert("x-dead-letter-exchange".into(), long(&dlx));
+        args.insert("x-dead-letter-strategy".into(), long("at-least-once"));
+        ch.queue_declare(
+            current.as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            args,
+        )
+        .await?;
+        ch.queue_bind(
+            current.as_str().into(),
+            current.as_str().into(),
+            routing_key.as_str().into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+        routing_key = format!("*.{routing_key}");
+    }
+    let mut routing_key = String::from("0.#");
+    for level in (1..DELAY_BITS).rev() {
+        let next = level_name(level - 1);
+        ch.exchange_declare(
+            next.as_str().into(),
+            ExchangeKind::Topic,
+            durable_exchange(),
+            FieldTable::default(),
+        )
+        .await?;
+        ch.exchange_bind(
+            next.as_str().into(),
+            level_name(level).as_str().into(),
+            routing_key.as_str().into(),
+            ExchangeBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+        routing_key = format!("*.{routing_key}");
+    }
+    declare_delivery_exchange(ch).await?;
+    ch.exchange_bind(
+        DELAYED_DELIVERY.into(),
+        level_name(0).as_str().into(),
+        routing_key.as_str().into(),
+        ExchangeBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await?;
+    Ok(())
+}
+
+pub async fn declare_delivery_exchange(ch: &Channel) -> lapin::Result<()> {
+    ch.exchange_declare(
+        DELAYED_DELIVERY.into(),
+        ExchangeKind::Topic,
+        durable_exchange(),
+        FieldTable::default(),
+    )
+    .await
+}
+
+/// Celery's event and remote-control exchanges exactly as vector 24 lists them.
+pub async fn declare_celery_exchanges(ch: &Channel) -> lapin::Result<()> {
+    ch.exchange_declare(
+        EVENT_EXCHANGE.into(),
+        ExchangeKind::Topic,
+        durable_exchange(),
+        FieldTable::default(),
+    )
+    .await?;
+    ch.exchange_declare(
+        PIDBOX_EXCHANGE.into(),
+        ExchangeKind::Fanout,
+        ExchangeDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await?;
+    ch.exchange_declare(
+        REPLY_EXCHANGE.into(),
+        ExchangeKind::Direct,
+        ExchangeDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await?;
+    Ok(())
+}
+
+/// celeriac's own queues: the dead-letter queue (durable classic) and the revocation stream.
+pub async fn declare_celeriac_queues(ch: &Channel, streams: bool) -> lapin::Result<()> {
+    ch.queue_declare(
+        DEAD_LETTERS.into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await?;
+    if streams {
+        let mut args = FieldTable::default();
+        args.insert("x-queue-type".into(), long("stream"));
+        ch.queue_declare(
+            REVOCATIONS.into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            args,
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routing_keys_match_kombu() {
+        let k = delayed_routing_key(5, "celery");
+        assert_eq!(k, format!("{}1.0.1.celery", "0.".repeat(25)));
+        assert_eq!(k.split('.').count(), 29);
+        assert_eq!(delivery_binding_key("q").split('.').count(), 29);
+    }
+}
