@@ -12,7 +12,7 @@ use lapin::options::{
     BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions,
     QueueDeclareOptions, QueuePurgeOptions,
 };
-use lapin::types::{AMQPValue, FieldTable};
+use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
 use serde_json::{json, Value};
 use tracing::{debug, info, warn};
@@ -90,7 +90,12 @@ fn storage(what: &str, e: impl std::fmt::Display) -> BrokerError {
 /// Connects to the URL's server (with a timeout), naming host:port/vhost on failure.
 pub(crate) async fn connect(url: &AmqpUrl, name: &str) -> Result<Connection, BrokerError> {
     let props = ConnectionProperties::default().with_connection_name(name.into());
-    match tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(&url.connect_uri, props)).await {
+    match tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        Connection::connect(&url.connect_uri, props),
+    )
+    .await
+    {
         Ok(Ok(c)) => Ok(c),
         Ok(Err(e)) => Err(unreachable(url, redact_err(url, e))),
         Err(_) => Err(unreachable(url, "connect timed out")),
@@ -100,7 +105,11 @@ pub(crate) async fn connect(url: &AmqpUrl, name: &str) -> Result<Connection, Bro
 fn redact_err(url: &AmqpUrl, e: impl std::fmt::Display) -> String {
     let s = e.to_string();
     // Never let a password reach a log line through a library's message.
-    match url.connect_uri.split_once("://").and_then(|(_, r)| r.rsplit_once('@')) {
+    match url
+        .connect_uri
+        .split_once("://")
+        .and_then(|(_, r)| r.rsplit_once('@'))
+    {
         Some((auth, _)) => match auth.split_once(':') {
             Some((_, pw)) if !pw.is_empty() => s.replace(pw, "***"),
             _ => s,
@@ -259,7 +268,10 @@ impl Inner {
                 Ok(link) => match self.send_all(&link, out).await {
                     Ok(()) => {
                         if self.unreachable.swap(false, Ordering::SeqCst) {
-                            info!("RabbitMQ at {} reachable again: publishing", self.url.place());
+                            info!(
+                                "RabbitMQ at {} reachable again: publishing",
+                                self.url.place()
+                            );
                         }
                         return Ok(());
                     }
@@ -290,7 +302,10 @@ impl Inner {
     /// with a future `not_before`, into kombu's delay ladder (`celery_delayed_27`).
     pub(crate) fn outgoing(&self, p: &Publish) -> Outgoing {
         let body = p.message.body.clone();
-        let delay = p.not_before.map(|t| delay_seconds(t, Utc::now())).unwrap_or(0);
+        let delay = p
+            .not_before
+            .map(|t| delay_seconds(t, Utc::now()))
+            .unwrap_or(0);
         if delay > 0 {
             Outgoing {
                 exchange: topology::level_name(DELAY_BITS - 1),
@@ -466,10 +481,12 @@ impl QueueStats for AmqpBroker {
 /// A dead letter as stored: the original message plus bookkeeping headers.
 pub(crate) fn dead_letter_outgoing(queue: &str, reason: &str, msg: &RawMessage) -> Outgoing {
     let mut m = msg.clone();
-    m.headers.insert(DL_ID.into(), json!(uuid::Uuid::new_v4().to_string()));
+    m.headers
+        .insert(DL_ID.into(), json!(uuid::Uuid::new_v4().to_string()));
     m.headers.insert(DL_REASON.into(), json!(reason));
     m.headers.insert(DL_QUEUE.into(), json!(queue));
-    m.headers.insert(DL_AT.into(), json!(Utc::now().to_rfc3339()));
+    m.headers
+        .insert(DL_AT.into(), json!(Utc::now().to_rfc3339()));
     let priority = msg
         .properties
         .get("priority")
@@ -575,37 +592,3 @@ impl DeadLetters for AmqpBroker {
         Ok(n)
     }
 }
-
-/// The pidbox `revoke` broadcast exactly as Celery sends it (vector 23): fanout exchange
-/// `celery.pidbox`, routing key "", `delivery_mode` 2, headers `clock` and `expires`.
-pub(crate) fn revoke_broadcast(task_ids: &[String], terminate: bool) -> Outgoing {
-    let task_id = if task_ids.len() == 1 {
-        json!(task_ids[0])
-    } else {
-        json!(task_ids)
-    };
-    let body = json!({
-        "method": "revoke",
-        "arguments": {"task_id": task_id, "terminate": terminate, "signal": "SIGTERM"},
-        "destination": null,
-        "pattern": null,
-        "matcher": null,
-    });
-    let now = Utc::now().timestamp_micros() as f64 / 1e6;
-    let mut headers = FieldTable::default();
-    headers.insert("clock".into(), AMQPValue::LongInt(1));
-    headers.insert("expires".into(), AMQPValue::Double(now + 1.0));
-    Outgoing {
-        exchange: topology::PIDBOX_EXCHANGE.into(),
-        routing_key: String::new(),
-        queue: None,
-        props: BasicProperties::default()
-            .with_headers(headers)
-            .with_delivery_mode(2)
-            .with_priority(0)
-            .with_content_type("application/json".into())
-            .with_content_encoding("utf-8".into()),
-        body: serde_json::to_vec(&body).unwrap_or_default(),
-    }
-}
-

@@ -30,9 +30,9 @@ pub fn to_amqp(v: &Value) -> AMQPValue {
             }
         }
         Value::String(s) => AMQPValue::LongString(LongString::from(s.as_bytes())),
-        Value::Array(a) => AMQPValue::FieldArray(FieldArray::from(
-            a.iter().map(to_amqp).collect::<Vec<_>>(),
-        )),
+        Value::Array(a) => {
+            AMQPValue::FieldArray(FieldArray::from(a.iter().map(to_amqp).collect::<Vec<_>>()))
+        }
         Value::Object(m) => AMQPValue::FieldTable(to_table(m)),
     }
 }
@@ -49,7 +49,9 @@ pub fn to_table(m: &Map<String, Value>) -> FieldTable {
 }
 
 fn float(f: f64) -> Value {
-    Number::from_f64(f).map(Value::Number).unwrap_or(Value::Null)
+    Number::from_f64(f)
+        .map(Value::Number)
+        .unwrap_or(Value::Null)
 }
 
 /// AMQP field value → JSON.
@@ -68,11 +70,15 @@ pub fn from_amqp(v: &AMQPValue) -> Value {
         AMQPValue::Double(f) => float(*f),
         AMQPValue::DecimalValue(d) => float(f64::from(d.value) / 10f64.powi(i32::from(d.scale))),
         AMQPValue::ShortString(s) => Value::String(s.as_str().to_string()),
-        AMQPValue::LongString(s) => Value::String(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::LongString(s) => {
+            Value::String(String::from_utf8_lossy(s.as_bytes()).into_owned())
+        }
         AMQPValue::FieldArray(a) => Value::Array(a.as_slice().iter().map(from_amqp).collect()),
         AMQPValue::Timestamp(t) => Value::from(*t),
         AMQPValue::FieldTable(t) => Value::Object(from_table(t)),
-        AMQPValue::ByteArray(b) => Value::String(String::from_utf8_lossy(b.as_slice()).into_owned()),
+        AMQPValue::ByteArray(b) => {
+            Value::String(String::from_utf8_lossy(b.as_slice()).into_owned())
+        }
     }
 }
 
@@ -117,7 +123,11 @@ pub fn parse_time(s: &str) -> Option<DateTime<Utc>> {
 /// The AMQP properties of a task message: headers table, content type/encoding,
 /// `delivery_mode` 2 unless given, `priority` only when given, `correlation_id`, `reply_to`,
 /// and `expiration` (given, or derived from the `expires` header like Celery).
-pub fn properties_for(msg: &RawMessage, priority: Option<u8>, keep_expiration: bool) -> BasicProperties {
+pub fn properties_for(
+    msg: &RawMessage,
+    priority: Option<u8>,
+    keep_expiration: bool,
+) -> BasicProperties {
     let p = &msg.properties;
     let mut props = BasicProperties::default()
         .with_headers(to_table(&msg.headers))
@@ -235,12 +245,27 @@ mod tests {
         });
         let m = h.as_object().unwrap();
         let t = to_table(m);
-        assert!(matches!(t.inner().get("retries"), Some(AMQPValue::LongInt(0))));
-        assert!(matches!(t.inner().get("big"), Some(AMQPValue::LongLongInt(_))));
+        assert!(matches!(
+            t.inner().get("retries"),
+            Some(AMQPValue::LongInt(0))
+        ));
+        assert!(matches!(
+            t.inner().get("big"),
+            Some(AMQPValue::LongLongInt(_))
+        ));
         assert!(matches!(t.inner().get("shadow"), Some(AMQPValue::Void)));
-        assert!(matches!(t.inner().get("timelimit"), Some(AMQPValue::FieldArray(_))));
-        assert!(matches!(t.inner().get("stamps"), Some(AMQPValue::FieldTable(_))));
-        assert!(matches!(t.inner().get("task"), Some(AMQPValue::LongString(_))));
+        assert!(matches!(
+            t.inner().get("timelimit"),
+            Some(AMQPValue::FieldArray(_))
+        ));
+        assert!(matches!(
+            t.inner().get("stamps"),
+            Some(AMQPValue::FieldTable(_))
+        ));
+        assert!(matches!(
+            t.inner().get("task"),
+            Some(AMQPValue::LongString(_))
+        ));
         assert_eq!(&from_table(&t), m);
     }
 
@@ -248,7 +273,10 @@ mod tests {
     fn expiration_is_milliseconds_until_expires() {
         let now = Utc::now();
         let mut h = Map::new();
-        h.insert("expires".into(), json!((now + chrono::TimeDelta::seconds(10)).to_rfc3339()));
+        h.insert(
+            "expires".into(),
+            json!((now + chrono::TimeDelta::seconds(10)).to_rfc3339()),
+        );
         let ms: i64 = expiration_from_expires(&h, now).unwrap().parse().unwrap();
         assert!((9_990..=10_000).contains(&ms), "{ms}");
         h.insert("expires".into(), json!("2001-01-01T00:00:00+00:00"));

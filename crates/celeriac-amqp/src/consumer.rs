@@ -120,6 +120,7 @@ impl Core {
 
     /// Takes a received message: ETA further away than now goes into the delay ladder
     /// (published with confirm, then acked), anything else into the buffer.
+    #[allow(clippy::too_many_arguments)]
     async fn accept(
         self: &Arc<Self>,
         ch: &Channel,
@@ -165,7 +166,9 @@ impl Core {
                     debug!(queue, "ETA message moved to the delay ladder ({delay} s)");
                     return;
                 }
-                Err(e) => warn!("could not move an ETA message to the delay ladder: {e}; handing it out"),
+                Err(e) => {
+                    warn!("could not move an ETA message to the delay ladder: {e}; handing it out")
+                }
             }
         }
         let mut st = self.lock();
@@ -285,13 +288,27 @@ impl Core {
         Ok((CLink { conn, ch }, gen))
     }
 
-    async fn pump(self: Arc<Self>, mut consumer: lapin::Consumer, ch: Channel, gen: u64, queue: String) {
+    async fn pump(
+        self: Arc<Self>,
+        mut consumer: lapin::Consumer,
+        ch: Channel,
+        gen: u64,
+        queue: String,
+    ) {
         loop {
             let next = std::future::poll_fn(|cx| Pin::new(&mut consumer).poll_next(cx)).await;
             match next {
                 Some(Ok(d)) => {
-                    self.accept(&ch, gen, &queue, d.delivery_tag, d.redelivered, &d.properties, d.data)
-                        .await
+                    self.accept(
+                        &ch,
+                        gen,
+                        &queue,
+                        d.delivery_tag,
+                        d.redelivered,
+                        &d.properties,
+                        d.data,
+                    )
+                    .await
                 }
                 Some(Err(e)) => {
                     debug!("consumer stream of {queue} failed: {e}");
@@ -335,8 +352,16 @@ impl Core {
                 {
                     Ok(Some(m)) => {
                         let d = m.delivery;
-                        core.accept(&link.ch, gen, q, d.delivery_tag, d.redelivered, &d.properties, d.data)
-                            .await;
+                        core.accept(
+                            &link.ch,
+                            gen,
+                            q,
+                            d.delivery_tag,
+                            d.redelivered,
+                            &d.properties,
+                            d.data,
+                        )
+                        .await;
                         got += 1;
                     }
                     Ok(None) => empty[k] = true,
@@ -402,9 +427,15 @@ impl Core {
 }
 
 impl AmqpConsumer {
-    pub(crate) async fn start(broker: Arc<Inner>, spec: ConsumerSpec) -> Result<AmqpConsumer, BrokerError> {
+    pub(crate) async fn start(
+        broker: Arc<Inner>,
+        spec: ConsumerSpec,
+    ) -> Result<AmqpConsumer, BrokerError> {
         if spec.queues.is_empty() {
-            return Err(BrokerError::new(ErrorKind::InvalidConfig, "a consumer needs at least one queue"));
+            return Err(BrokerError::new(
+                ErrorKind::InvalidConfig,
+                "a consumer needs at least one queue",
+            ));
         }
         let core = Arc::new(Core {
             broker: broker.clone(),
@@ -464,14 +495,19 @@ impl Consumer for AmqpConsumer {
                 // Give a just-started basic.get a moment (a NO_WAIT fetch still sees
                 // ready messages).
                 if pull && alive && !getting && wait.is_zero() {
-                    let _ = tokio::time::timeout(Duration::from_millis(20), core.notify.notified()).await;
+                    let _ = tokio::time::timeout(Duration::from_millis(20), core.notify.notified())
+                        .await;
                     return core.take_ready(max);
                 }
                 return Ok(Vec::new());
             }
             let mut nap = deadline - now;
             if pull || !alive {
-                nap = nap.min(if getting { Duration::from_millis(20) } else { GET_POLL });
+                nap = nap.min(if getting {
+                    Duration::from_millis(20)
+                } else {
+                    GET_POLL
+                });
             }
             let _ = tokio::time::timeout(nap, core.notify.notified()).await;
         }
@@ -481,8 +517,10 @@ impl Consumer for AmqpConsumer {
         let Some((ch, gen, valid, floor)) = self.core.release(tags) else {
             return Ok(());
         };
-        let (multi, single): (Vec<u64>, Vec<u64>) =
-            valid.iter().partition(|t| floor.map_or(true, |f| **t < f));
+        let (multi, single): (Vec<u64>, Vec<u64>) = valid.iter().partition(|t| match floor {
+            None => true,
+            Some(f) => **t < f,
+        });
         let mut result = Ok(());
         if multi.len() > 1 {
             let top = *multi.last().expect("non-empty");
@@ -509,7 +547,10 @@ impl Consumer for AmqpConsumer {
             return Ok(());
         };
         for t in valid {
-            if let Err(e) = ch.basic_reject(t, BasicRejectOptions { requeue: true }).await {
+            if let Err(e) = ch
+                .basic_reject(t, BasicRejectOptions { requeue: true })
+                .await
+            {
                 warn!("reject failed ({e}); the messages will be redelivered");
                 self.core.kill(gen);
                 break;
@@ -527,7 +568,10 @@ impl Consumer for AmqpConsumer {
                 .map(|h| (h.queue.clone(), h.message.clone()))
         };
         let Some((queue, message)) = held else {
-            debug!("dead_letter of a stale tag {}: RabbitMQ redelivers it", tag.0);
+            debug!(
+                "dead_letter of a stale tag {}: RabbitMQ redelivers it",
+                tag.0
+            );
             return Ok(());
         };
         let out = dead_letter_outgoing(&queue, reason, &message);

@@ -205,12 +205,18 @@ mod tests {
     #[test]
     fn parses_celery_urls() {
         let u = AmqpUrl::parse("amqp://guest:secret@127.0.0.1:5672/%2f").unwrap();
-        assert_eq!((u.host.as_str(), u.port, u.vhost.as_str()), ("127.0.0.1", 5672, "/"));
+        assert_eq!(
+            (u.host.as_str(), u.port, u.vhost.as_str()),
+            ("127.0.0.1", 5672, "/")
+        );
         assert!(!u.display.contains("secret"));
         assert_eq!(u.connect_uri, "amqp://guest:secret@127.0.0.1:5672/%2f");
         let u = AmqpUrl::parse("amqps://u:p@rabbit/prod?max_priority=10&heartbeat=30").unwrap();
         assert!(u.tls);
-        assert_eq!((u.port, u.vhost.as_str(), u.max_priority), (5671, "prod", Some(10)));
+        assert_eq!(
+            (u.port, u.vhost.as_str(), u.max_priority),
+            (5671, "prod", Some(10))
+        );
         assert_eq!(u.connect_uri, "amqps://u:p@rabbit:5671/prod?heartbeat=30");
         let u = AmqpUrl::parse("amqp://localhost").unwrap();
         assert_eq!(u.vhost, "/");
