@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use celeriac_amqp::AmqpBroker;
 use celeriac_core::{Broker, ResultBackend};
 use celeriac_redis::{RedisBackend, RedisBroker};
 use celeriac_sqlite::SqliteStore;
@@ -13,7 +14,8 @@ pub struct Connections {
     pub backend: Arc<dyn ResultBackend>,
 }
 
-pub const SUPPORTED: &str = "sqlite://PATH, redis://[:password@]host:port/db, rediss://...";
+pub const SUPPORTED: &str =
+    "sqlite://PATH, redis://[:password@]host:port/db, rediss://..., amqp://user:pass@host:port/vhost, amqps://...";
 
 fn scheme(url: &str) -> Result<&str, Error> {
     url.split_once("://")
@@ -38,6 +40,9 @@ pub async fn open(broker_url: &str, backend_url: &str) -> Result<Connections, Er
             store
         }
         "redis" | "rediss" => RedisBroker::open(broker_url).await?,
+        "amqp" | "amqps" | "pyamqp" => {
+            AmqpBroker::open(&broker_url.replacen("pyamqp://", "amqp://", 1)).await?
+        }
         other => return Err(unsupported("broker", broker_url, other)),
     };
     let backend: Arc<dyn ResultBackend> = match (scheme(backend_url)?, sqlite) {
