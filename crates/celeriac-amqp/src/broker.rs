@@ -19,7 +19,7 @@ use tracing::{debug, info, warn};
 
 use celeriac_core::broker::{
     Broker, Consumer, ConsumerSpec, DeadLetter, DeadLetters, Publish, Purge, QueueLength,
-    QueueStats, RawMessage,
+    QueueStats, RawMessage, StatsCoverage,
 };
 use celeriac_core::{BrokerError, ErrorKind};
 
@@ -416,6 +416,11 @@ impl Broker for AmqpBroker {
 
 #[async_trait]
 impl Purge for AmqpBroker {
+    fn purges_scheduled(&self) -> bool {
+        // ETA messages wait in the shared delay-ladder queues, not per task queue.
+        false
+    }
+
     async fn purge(&self, queue: &str) -> Result<u64, BrokerError> {
         let (_link, ch) = self.inner.temp_channel().await?;
         let n = match ch
@@ -433,6 +438,17 @@ impl Purge for AmqpBroker {
 
 #[async_trait]
 impl QueueStats for AmqpBroker {
+    fn coverage(&self) -> StatsCoverage {
+        // AMQP reports a queue's ready count only: ETA messages are in the shared delay
+        // ladder, other connections' unacked messages and the list of queues need the
+        // management API.
+        StatsCoverage {
+            scheduled: false,
+            unacked_all_consumers: false,
+            lists_all_queues: false,
+        }
+    }
+
     async fn queue_lengths(&self, queues: &[String]) -> Result<Vec<QueueLength>, BrokerError> {
         let names: Vec<String> = if queues.is_empty() {
             self.inner

@@ -327,10 +327,21 @@ async fn execute(app: App, command: Command, has_tasks: bool) -> Result<(), Stri
                 "{:<24} {:>10} {:>10} {:>10}",
                 "queue", "ready", "scheduled", "unacked"
             );
+            // What the engine cannot see is shown as `-`, not as a misleading 0.
+            let coverage = stats.coverage();
+            let shown = |known: bool, n: u64| if known { n.to_string() } else { "-".into() };
             for q in lengths {
                 println!(
                     "{:<24} {:>10} {:>10} {:>10}",
-                    q.queue, q.ready, q.scheduled, q.unacked
+                    q.queue,
+                    q.ready,
+                    shown(coverage.scheduled, q.scheduled),
+                    shown(coverage.unacked_all_consumers, q.unacked)
+                );
+            }
+            if !coverage.lists_all_queues && queues.is_empty() {
+                println!(
+                    "(this broker lists only queues this process declared: name them with -Q)"
                 );
             }
             Ok(())

@@ -157,9 +157,15 @@ pub trait Consumer: Send + Sync {
 
 #[async_trait]
 pub trait Purge: Send + Sync {
-    /// Removes every waiting message of `queue` (ready and scheduled; not those a worker holds);
-    /// returns the count.
+    /// Removes every waiting message of `queue` (ready and, when [`Purge::purges_scheduled`],
+    /// scheduled; not those a worker holds); returns the count.
     async fn purge(&self, queue: &str) -> Result<u64, BrokerError>;
+
+    /// False when scheduled (ETA) messages sit where a purge of one queue cannot reach them
+    /// (RabbitMQ's shared delay exchanges).
+    fn purges_scheduled(&self) -> bool {
+        true
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -177,6 +183,33 @@ pub struct QueueLength {
 pub trait QueueStats: Send + Sync {
     /// Lengths of the named queues, or of every known queue when `queues` is empty.
     async fn queue_lengths(&self, queues: &[String]) -> Result<Vec<QueueLength>, BrokerError>;
+
+    /// What the counts can see; engines that see less say so here (and people reading the
+    /// numbers, like the CLI, show it).
+    fn coverage(&self) -> StatsCoverage {
+        StatsCoverage::default()
+    }
+}
+
+/// Which parts of [`QueueLength`] an engine can know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatsCoverage {
+    /// `scheduled` counts this queue's waiting ETA messages.
+    pub scheduled: bool,
+    /// `unacked` counts every consumer's messages, not only this process's.
+    pub unacked_all_consumers: bool,
+    /// `queue_lengths(&[])` lists every queue on the server, not only those this process used.
+    pub lists_all_queues: bool,
+}
+
+impl Default for StatsCoverage {
+    fn default() -> Self {
+        StatsCoverage {
+            scheduled: true,
+            unacked_all_consumers: true,
+            lists_all_queues: true,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

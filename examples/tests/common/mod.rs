@@ -334,11 +334,11 @@ pub async fn workers_share_a_broker_each_on_its_own_queue(e: &Env) {
         .await
         .unwrap();
     let py_to_rust = py_client(
-        &e,
+        e,
         &["call", "tasks.mul", "--args", "[5, 6]", "--queue", "rust"],
     );
     let py_to_py = py_client(
-        &e,
+        e,
         &["call", "tasks.mul", "--args", "[7, 8]", "--queue", "python"],
     );
     assert_eq!(to_rust.get(WAIT).await.unwrap(), 3);
