@@ -1,24 +1,28 @@
 #!/usr/bin/env bash
-# Side-by-side on one Redis: celeriac (one worker process) and Python Celery 5.7 (prefork -c 2)
-# drain the same number of no-op tasks; prints both and the ratio.
+# Side-by-side on one broker: celeriac (one worker process) and Python Celery 5.7 (prefork
+# -c 2) drain the same number of no-op tasks; prints both and the ratio.
 #
-#   crates/celeriac-bench/compare-with-celery.sh [N] [redis://127.0.0.1:6379/8]
+#   crates/celeriac-bench/compare-with-celery.sh [N] [BROKER_URL] [RESULTS_REDIS_URL]
+#   e.g. ... 20000 redis://127.0.0.1:6379/8
+#        ... 20000 amqp://guest:guest@127.0.0.1:5672/%2f redis://127.0.0.1:6379/8
 #
-# Needs .venv with celery[redis]==5.7.0 (as .ci/run creates). The database is flushed.
+# Needs .venv with celery[redis]==5.7.0 (as .ci/run creates). The results database is flushed.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 N="${1:-20000}"
 URL="${2:-redis://127.0.0.1:6379/8}"
+RESULTS="${3:-$URL}"
+case "$RESULTS" in redis*) ;; *) echo "results must go to Redis (both sides read them)" >&2; exit 2;; esac
 PY="${CELERIAC_PYTHON:-.venv/bin/python}"
 
-"$PY" -c 'import redis, sys; redis.Redis.from_url(sys.argv[1]).flushdb()' "$URL"
+"$PY" -c 'import redis, sys; redis.Redis.from_url(sys.argv[1]).flushdb()' "$RESULTS"
 cargo build --release -q -p celeriac-bench
 echo "== celeriac ($URL, N=$N per enqueue phase)"
-celeriac_out=$(./target/release/celeriac-bench --broker "$URL" -n "$N")
+celeriac_out=$(./target/release/celeriac-bench --broker "$URL" --result-backend "$RESULTS" -n "$N")
 echo "$celeriac_out"
-"$PY" -c 'import redis, sys; redis.Redis.from_url(sys.argv[1]).flushdb()' "$URL"
+"$PY" -c 'import redis, sys; redis.Redis.from_url(sys.argv[1]).flushdb()' "$RESULTS"
 echo "== Python Celery 5.7 prefork -c 2 ($URL, N=$N)"
-celery_out=$(cd tests/interop && CELERIAC_INTEROP_BROKER="$URL" "../../$PY" bench_celery.py "$N")
+celery_out=$(cd tests/interop && CELERIAC_INTEROP_BROKER="$URL" CELERIAC_INTEROP_BACKEND="$RESULTS" "../../$PY" bench_celery.py "$N")
 echo "$celery_out"
 
 drain_rs=$(echo "$celeriac_out" | sed -n 's/^drain.*: *\([0-9]*\) tasks\/s.*/\1/p')

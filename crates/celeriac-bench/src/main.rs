@@ -30,9 +30,10 @@ fn now_micros() -> i64 {
         .unwrap_or(0)
 }
 
-fn app(broker: &str) -> App {
+fn app(broker: &str, backend: &str) -> App {
     App::builder("bench")
         .broker_url(broker)
+        .result_backend(backend)
         .task::<noop>()
         .task::<stamp>()
         .build()
@@ -44,6 +45,9 @@ struct Opts {
     /// Broker URL (default: a fresh sqlite file in a temp dir).
     #[arg(long)]
     broker: Option<String>,
+    /// Result backend URL (default: the broker's own store; a temp sqlite file for AMQP).
+    #[arg(long = "result-backend")]
+    result_backend: Option<String>,
     /// Tasks per enqueue kind: N single calls (half sequential, half from concurrent
     /// producers) and N in bulk; the drain phase runs all of them.
     #[arg(short = 'n', long, default_value_t = 50_000)]
@@ -103,7 +107,18 @@ async fn bench(opts: Opts) -> Result<(), Box<dyn std::error::Error>> {
             )
         }
     };
-    let app = app(&url);
+    // Results go where the broker keeps them (embedded store, Redis), else to a temp file.
+    let backend = match &opts.result_backend {
+        Some(b) => b.clone(),
+        None if url.starts_with("amqp") => {
+            let dir =
+                std::env::temp_dir().join(format!("celeriac-bench-results-{}", std::process::id()));
+            std::fs::create_dir_all(&dir)?;
+            format!("sqlite://{}", dir.join("results.db").display())
+        }
+        None => url.clone(),
+    };
+    let app = app(&url, &backend);
     app.connect().await?;
     let broker = app.broker().await?;
     if let Some(purge) = broker.purge() {
@@ -147,10 +162,13 @@ async fn bench(opts: Opts) -> Result<(), Box<dyn std::error::Error>> {
     // 2. Enqueue in bulk.
     let started = Instant::now();
     let mut left = opts.n;
+    let mut last = None;
     while left > 0 {
         let batch = left.min(10_000);
-        app.send_batch((0..batch).map(|_| noop::s().into_call()).collect())
+        let sent = app
+            .send_batch((0..batch).map(|_| noop::s().into_call()).collect())
             .await?;
+        last = sent.into_iter().last();
         left -= batch;
     }
     let bulk = opts.n as f64 / started.elapsed().as_secs_f64();
@@ -159,8 +177,13 @@ async fn bench(opts: Opts) -> Result<(), Box<dyn std::error::Error>> {
     // 3. Drain: one worker process, acks and results included.
     let total = (sequential + sent + opts.n) as u64;
     let started = Instant::now();
-    let mut worker = spawn_worker(&url, opts.concurrency)?;
+    let mut worker = spawn_worker(&url, &backend, opts.concurrency)?;
     wait_drained(&app).await?;
+    // Push-based brokers hand the worker its window before the queue reads empty: the drain
+    // ends when the last task sent has finished.
+    if let Some(last) = last {
+        last.get(Duration::from_secs(600)).await?;
+    }
     let drain = total as f64 / started.elapsed().as_secs_f64();
     println!("drain ({total} tasks, 1 worker process, -c {}): {drain:>10.0} tasks/s (incl. process start)", opts.concurrency);
     let rss_after_drain = peak_rss_kib(worker.id());
@@ -198,7 +221,7 @@ async fn bench(opts: Opts) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-fn spawn_worker(url: &str, concurrency: usize) -> std::io::Result<Child> {
+fn spawn_worker(url: &str, backend: &str, concurrency: usize) -> std::io::Result<Child> {
     Command::new(std::env::current_exe()?)
         .args([
             "worker",
@@ -210,6 +233,7 @@ fn spawn_worker(url: &str, concurrency: usize) -> std::io::Result<Child> {
             "bench@localhost",
         ])
         .env("CELERIAC_BROKER_URL", url)
+        .env("CELERIAC_RESULT_BACKEND", backend)
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
