@@ -555,6 +555,9 @@ impl Shared {
         if self.skip_revoked(builder).await {
             return Settle::Ack;
         }
+        if delivery.redelivered && self.already_finished(h).await {
+            return Settle::Ack;
+        }
         let mut phase = self.phase.clone();
         let draining = |p: &Phase| *p != Phase::Running;
 
@@ -739,6 +742,22 @@ impl Shared {
                     self.fail(builder, &exc, None, runtime).await;
                     Settle::Done
                 }
+            }
+        }
+    }
+
+    /// A message delivered again (its ack was lost with a connection, or its worker died
+    /// after storing the result) whose task already has a final state is not run twice.
+    async fn already_finished(&self, h: &celeriac_core::message::TaskHeaders) -> bool {
+        match self.backend.get(&h.id).await {
+            Ok(Some(meta)) if meta.status.is_ready() => {
+                info!(task_id = %h.id, "Task {}[{}] redelivered but already {}: not run again", h.task, h.id, meta.status);
+                true
+            }
+            Ok(_) => false,
+            Err(e) => {
+                warn!(task_id = %h.id, "cannot check whether redelivered task {} already finished ({e}); running it", h.id);
+                false
             }
         }
     }

@@ -90,6 +90,13 @@ async fn slow(seconds: f64) -> f64 {
     seconds
 }
 
+static RUNS: AtomicU32 = AtomicU32::new(0);
+
+#[task(name = "t.count_runs")]
+async fn count_runs() -> u32 {
+    RUNS.fetch_add(1, Ordering::SeqCst) + 1
+}
+
 struct Running {
     app: App,
     shutdown: celeriac::ShutdownHandle,
@@ -111,6 +118,7 @@ fn app_at(dir: &tempfile::TempDir) -> App {
         .task::<limited>()
         .task::<record>()
         .task::<slow>()
+        .task::<count_runs>()
         .build()
 }
 
@@ -666,4 +674,64 @@ async fn result_forget_and_pending() {
         other => panic!("expected a timeout, got {other:?}"),
     }
     w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redelivered_task_that_already_finished_is_not_run_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app_at(&dir);
+    let finished = count_runs::delay(&app).await.unwrap();
+    let unfinished = count_runs::delay(&app).await.unwrap();
+    // A worker stored `finished`'s result, then lost its ack (connection cut, crash): both
+    // messages come back as redeliveries.
+    let mut meta = celeriac::TaskMeta::pending(finished.id());
+    meta.status = TaskState::Success;
+    meta.result = json!(41);
+    app.backend()
+        .await
+        .unwrap()
+        .store(&meta, None)
+        .await
+        .unwrap();
+    let broker = app.broker().await.unwrap();
+    let spec = celeriac::core::broker::ConsumerSpec {
+        queues: vec!["celery".into()],
+        name: "lost@test".into(),
+        prefetch: 0,
+    };
+    let lost = broker.consumer(spec).await.unwrap();
+    let held = lost.fetch(2, WAIT).await.unwrap();
+    assert_eq!(held.len(), 2);
+    lost.requeue(&held.iter().map(|d| d.tag.clone()).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    lost.close().await.unwrap();
+
+    let worker = app
+        .worker(WorkerConfig {
+            concurrency: 2,
+            ..app.worker_config()
+        })
+        .await
+        .unwrap();
+    let shutdown = worker.shutdown_handle();
+    let join = tokio::spawn(worker.run());
+    assert_eq!(
+        unfinished.get(WAIT).await.unwrap(),
+        1,
+        "the unfinished one runs"
+    );
+    wait_queue_empty(&app).await;
+    shutdown.graceful();
+    join.await.unwrap().unwrap();
+    assert_eq!(
+        RUNS.load(Ordering::SeqCst),
+        1,
+        "the finished one did not run again"
+    );
+    assert_eq!(
+        finished.get(WAIT).await.unwrap(),
+        41,
+        "its stored result stands"
+    );
 }
