@@ -196,10 +196,22 @@ impl App {
     }
 
     /// Sends many calls in one broker round trip (one transaction on the embedded store).
-    pub async fn send_batch(&self, calls: Vec<Call>) -> Result<Vec<AsyncResult<Value>>, Error> {
-        let mut publishes = Vec::with_capacity(calls.len());
-        for call in &calls {
-            publishes.push(call.to_publish(self)?);
+    pub async fn send_batch(&self, mut calls: Vec<Call>) -> Result<Vec<AsyncResult<Value>>, Error> {
+        // Encoding is the client's share of the work: for big batches, half of it runs on
+        // the blocking pool while this task encodes the other half.
+        let second_half = if calls.len() >= PARALLEL_ENCODE_MIN {
+            let rest = calls.split_off(calls.len() / 2);
+            let app = self.clone();
+            Some(tokio::task::spawn_blocking(move || encode_all(&app, &rest)))
+        } else {
+            None
+        };
+        let mut publishes = encode_all(self, &calls)?;
+        if let Some(handle) = second_half {
+            let more = handle
+                .await
+                .map_err(|e| Error::Encode(format!("encoding task panicked: {e}")))??;
+            publishes.extend(more);
         }
         let ids: Vec<String> = publishes
             .iter()
@@ -211,6 +223,13 @@ impl App {
             .map(|id| AsyncResult::new(self.clone(), id))
             .collect())
     }
+}
+
+/// Batches at least this big are encoded on two threads.
+const PARALLEL_ENCODE_MIN: usize = 2048;
+
+fn encode_all(app: &App, calls: &[Call]) -> Result<Vec<Publish>, Error> {
+    calls.iter().map(|c| c.to_publish(app)).collect()
 }
 
 /// Resolves routing, times and defaults as Celery's `apply_async` does, and builds the message.

@@ -735,3 +735,26 @@ async fn a_redelivered_task_that_already_finished_is_not_run_again() {
         "its stored result stands"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_big_batch_is_sent_whole_and_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app_at(&dir);
+    let calls: Vec<Call> = (0..5000)
+        .map(|i| add::s(i, 1).task_id(format!("batch-{i}")).into_call())
+        .collect();
+    let sent = app.send_batch(calls).await.unwrap();
+    let ids: Vec<&str> = sent.iter().map(|r| r.id()).collect();
+    let expected: Vec<String> = (0..5000).map(|i| format!("batch-{i}")).collect();
+    assert_eq!(ids, expected.iter().map(String::as_str).collect::<Vec<_>>());
+    let lengths = app
+        .broker()
+        .await
+        .unwrap()
+        .queue_stats()
+        .unwrap()
+        .queue_lengths(&["celery".into()])
+        .await
+        .unwrap();
+    assert_eq!(lengths[0].ready, 5000);
+}
