@@ -22,6 +22,7 @@ pub mod repr;
 pub mod state;
 pub mod task;
 pub mod time;
+pub mod url;
 
 pub use backend::ResultBackend;
 pub use broker::{Broker, Consumer, Delivery, DeliveryTag, Publish, RawMessage};
