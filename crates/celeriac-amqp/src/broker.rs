@@ -2,8 +2,10 @@
 //! reconnected with backoff; consumers own their connection (see `consumer.rs`).
 
 use std::collections::HashSet;
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -13,7 +15,9 @@ use lapin::options::{
     QueueDeclareOptions, QueuePurgeOptions,
 };
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, PublisherConfirm,
+};
 use serde_json::{json, Value};
 use tracing::{debug, info, warn};
 
@@ -58,6 +62,8 @@ pub(crate) struct Link {
     pub(crate) conn: Connection,
     ch: Channel,
     declared: Mutex<HashSet<String>>,
+    /// Held while publishes take their confirm number and queue their frames (no await).
+    order: Mutex<()>,
 }
 
 impl Link {
@@ -177,6 +183,7 @@ impl Inner {
             conn,
             ch,
             declared: Mutex::new(HashSet::new()),
+            order: Mutex::new(()),
         });
         *guard = Some(link.clone());
         Ok(link)
@@ -226,18 +233,41 @@ impl Inner {
                 self.declare_on(link, q).await?;
             }
         }
-        let mut confirms = Vec::with_capacity(out.len());
-        for o in out {
-            let c = link
-                .ch
-                .basic_publish(
+        // Pipelined: every publish is queued on the channel before any is awaited, so a batch
+        // costs one trip through lapin's I/O thread and one confirm round trip, not one each.
+        let mut sending: Vec<_> = out
+            .iter()
+            .map(|o| {
+                Box::pin(link.ch.basic_publish(
                     o.exchange.as_str().into(),
                     o.routing_key.as_str().into(),
                     BasicPublishOptions::default(),
                     &o.body,
                     o.props.clone(),
-                )
-                .await?;
+                ))
+            })
+            .collect();
+        let mut queued: Vec<Option<lapin::Result<PublisherConfirm>>> =
+            (0..sending.len()).map(|_| None).collect();
+        // The first poll of `basic_publish` takes the confirm sequence number and queues the
+        // frames; doing that under `order` keeps both in the same order across concurrent
+        // publishers (RabbitMQ numbers confirms by arrival), so a nack reaches its own caller.
+        std::future::poll_fn(|cx| {
+            let _order = link.order.lock().unwrap_or_else(|p| p.into_inner());
+            for (f, slot) in sending.iter_mut().zip(queued.iter_mut()) {
+                if let Poll::Ready(r) = f.as_mut().poll(cx) {
+                    *slot = Some(r);
+                }
+            }
+            Poll::Ready(())
+        })
+        .await;
+        let mut confirms = Vec::with_capacity(out.len());
+        for (f, slot) in sending.into_iter().zip(queued) {
+            let c = match slot {
+                Some(r) => r?,
+                None => f.await?,
+            };
             confirms.push(c);
         }
         for c in confirms {

@@ -5,8 +5,10 @@
 //! are dropped (RabbitMQ redelivers those messages), never sent on the new channel.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -21,7 +23,7 @@ use serde_json::Value;
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
-use celeriac_core::broker::{Consumer, ConsumerSpec, Delivery, DeliveryTag, RawMessage};
+use celeriac_core::broker::{Consumer, ConsumerSpec, Delivery, DeliveryTag};
 use celeriac_core::{BrokerError, ErrorKind};
 
 use crate::broker::{connect, dead_letter_outgoing, delay_seconds, Inner, Outgoing};
@@ -44,9 +46,21 @@ pub(crate) struct Core {
     notify: Notify,
 }
 
+/// A delivery handed out and not settled yet: enough to rebuild the message for
+/// `dead_letter` (the AMQP properties as received, moved here rather than decoded again,
+/// and the body), without cloning the decoded message on the hot path.
 struct Held {
-    queue: String,
-    message: RawMessage,
+    queue: usize,
+    props: BasicProperties,
+    body: Vec<u8>,
+}
+
+/// A delivery in the buffer, with what `take_ready` moves into [`Held`].
+struct Ready {
+    tag: u64,
+    queue: usize,
+    props: BasicProperties,
+    delivery: Delivery,
 }
 
 struct St {
@@ -57,7 +71,7 @@ struct St {
     next_attempt: Instant,
     backoff: Duration,
     failing: bool,
-    ready: VecDeque<Delivery>,
+    ready: VecDeque<Ready>,
     /// Every unacked tag of the current channel: buffered, held, or being moved to the ladder.
     outstanding: BTreeSet<u64>,
     held: HashMap<u64, Held>,
@@ -86,11 +100,10 @@ impl Core {
     }
 
     pub(crate) fn held_in(&self, queue: &str) -> u64 {
-        self.lock()
-            .held
-            .values()
-            .filter(|h| h.queue == queue)
-            .count() as u64
+        let Some(qi) = self.queues.iter().position(|q| q == queue) else {
+            return 0;
+        };
+        self.lock().held.values().filter(|h| h.queue == qi).count() as u64
     }
 
     /// Forgets the channel of generation `gen` (its unacked messages go back to the queue
@@ -125,12 +138,13 @@ impl Core {
         self: &Arc<Self>,
         ch: &Channel,
         gen: u64,
-        queue: &str,
+        qi: usize,
         tag: u64,
         redelivered: bool,
-        props: &BasicProperties,
+        props: BasicProperties,
         data: Vec<u8>,
     ) {
+        let queue = self.queues[qi].as_str();
         {
             let mut st = self.lock();
             if st.gen != gen || st.closed {
@@ -138,7 +152,7 @@ impl Core {
             }
             st.outstanding.insert(tag);
         }
-        let message = raw_message(props, data);
+        let message = raw_message(&props, data);
         let eta = message
             .headers
             .get("eta")
@@ -175,11 +189,16 @@ impl Core {
         if st.gen != gen || st.closed {
             return;
         }
-        st.ready.push_back(Delivery {
-            tag: tag_string(gen, tag),
-            queue: queue.to_string(),
-            redelivered,
-            message,
+        st.ready.push_back(Ready {
+            tag,
+            queue: qi,
+            props,
+            delivery: Delivery {
+                tag: tag_string(gen, tag),
+                queue: queue.to_string(),
+                redelivered,
+                message,
+            },
         });
         drop(st);
         self.notify.notify_one();
@@ -281,8 +300,8 @@ impl Core {
                     .await
                     .map_err(fail)?;
                 let core = self.clone();
-                let (ch2, q2) = (ch.clone(), q.clone());
-                tokio::spawn(async move { core.pump(consumer, ch2, gen, q2).await });
+                let ch2 = ch.clone();
+                tokio::spawn(async move { core.pump(consumer, ch2, gen, i).await });
             }
         }
         Ok((CLink { conn, ch }, gen))
@@ -293,7 +312,7 @@ impl Core {
         mut consumer: lapin::Consumer,
         ch: Channel,
         gen: u64,
-        queue: String,
+        qi: usize,
     ) {
         loop {
             let next = std::future::poll_fn(|cx| Pin::new(&mut consumer).poll_next(cx)).await;
@@ -302,16 +321,16 @@ impl Core {
                     self.accept(
                         &ch,
                         gen,
-                        &queue,
+                        qi,
                         d.delivery_tag,
                         d.redelivered,
-                        &d.properties,
+                        d.properties,
                         d.data,
                     )
                     .await
                 }
                 Some(Err(e)) => {
-                    debug!("consumer stream of {queue} failed: {e}");
+                    debug!("consumer stream of {} failed: {e}", self.queues[qi]);
                     break;
                 }
                 None => break,
@@ -355,10 +374,10 @@ impl Core {
                         core.accept(
                             &link.ch,
                             gen,
-                            q,
+                            k,
                             d.delivery_tag,
                             d.redelivered,
-                            &d.properties,
+                            d.properties,
                             d.data,
                         )
                         .await;
@@ -383,19 +402,19 @@ impl Core {
         if st.closed {
             return Err(BrokerError::new(ErrorKind::Closed, "consumer closed"));
         }
-        let mut out = Vec::new();
-        while out.len() < max {
-            let Some(d) = st.ready.pop_front() else { break };
-            if let Some((_, tag)) = parse_tag(&d.tag) {
-                st.held.insert(
-                    tag,
-                    Held {
-                        queue: d.queue.clone(),
-                        message: d.message.clone(),
-                    },
-                );
-            }
-            out.push(d);
+        let st = &mut *st;
+        let n = max.min(st.ready.len());
+        let mut out = Vec::with_capacity(n);
+        for r in st.ready.drain(..n) {
+            st.held.insert(
+                r.tag,
+                Held {
+                    queue: r.queue,
+                    props: r.props,
+                    body: r.delivery.message.body.clone(),
+                },
+            );
+            out.push(r.delivery);
         }
         Ok(out)
     }
@@ -521,18 +540,36 @@ impl Consumer for AmqpConsumer {
             None => true,
             Some(f) => **t < f,
         });
-        let mut result = Ok(());
-        if multi.len() > 1 {
-            let top = *multi.last().expect("non-empty");
-            result = ch.basic_ack(top, BasicAckOptions { multiple: true }).await;
-        } else if let Some(t) = multi.first() {
-            result = ch.basic_ack(*t, BasicAckOptions::default()).await;
+        let mut frames: Vec<(u64, bool)> = Vec::with_capacity(1 + single.len());
+        if let Some(top) = multi.last() {
+            frames.push((*top, multi.len() > 1));
         }
-        for t in single {
-            if result.is_err() {
-                break;
+        frames.extend(single.into_iter().map(|t| (t, false)));
+        // Pipelined: every ack is queued on the channel before any is awaited (each await is
+        // a trip through lapin's I/O thread).
+        let mut sending: Vec<_> = frames
+            .into_iter()
+            .map(|(t, multiple)| Box::pin(ch.basic_ack(t, BasicAckOptions { multiple })))
+            .collect();
+        let mut result = Ok(());
+        std::future::poll_fn(|cx| {
+            sending.retain_mut(|f| match f.as_mut().poll(cx) {
+                Poll::Ready(r) => {
+                    if result.is_ok() {
+                        result = r;
+                    }
+                    false
+                }
+                Poll::Pending => true,
+            });
+            Poll::Ready(())
+        })
+        .await;
+        for f in sending {
+            let r = f.await;
+            if result.is_ok() {
+                result = r;
             }
-            result = ch.basic_ack(t, BasicAckOptions::default()).await;
         }
         if let Err(e) = result {
             // The channel is gone: RabbitMQ redelivers what we could not ack.
@@ -565,7 +602,12 @@ impl Consumer for AmqpConsumer {
             parse_tag(tag)
                 .filter(|(g, _)| *g == st.gen)
                 .and_then(|(_, t)| st.held.get(&t))
-                .map(|h| (h.queue.clone(), h.message.clone()))
+                .map(|h| {
+                    (
+                        self.core.queues[h.queue].clone(),
+                        raw_message(&h.props, h.body.clone()),
+                    )
+                })
         };
         let Some((queue, message)) = held else {
             debug!(
