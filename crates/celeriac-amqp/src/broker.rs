@@ -35,6 +35,11 @@ use crate::url::AmqpUrl;
 /// How long a publish keeps retrying through a broken connection before it fails.
 const PUBLISH_RETRY_FOR: Duration = Duration::from_secs(30);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// `frame_max` asked for when the URL gives none. lapin keeps 32 frames of buffer each way
+/// per connection, so RabbitMQ's 128 KiB default costs 8 MiB per connection (a worker has
+/// two); 64 KiB halves that. Bodies of any size still go through (split into frames); a
+/// properties/headers frame must fit in it (`?frame_max=131072` for bigger headers).
+const DEFAULT_FRAME_MAX: u32 = 65_536;
 
 /// Dead-letter bookkeeping headers (removed again when listing or requeueing).
 pub(crate) const DL_ID: &str = "x-celeriac-dead-letter-id";
@@ -64,6 +69,9 @@ pub(crate) struct Link {
     declared: Mutex<HashSet<String>>,
     /// Held while publishes take their confirm number and queue their frames (no await).
     order: Mutex<()>,
+    /// A spare plain channel for purge / queue statistics, kept open between calls (a
+    /// worker or `wait_drained` polling lengths would otherwise open and close one each time).
+    spare: Mutex<Option<Channel>>,
 }
 
 impl Link {
@@ -96,12 +104,14 @@ fn storage(what: &str, e: impl std::fmt::Display) -> BrokerError {
 /// Connects to the URL's server (with a timeout), naming host:port/vhost on failure.
 pub(crate) async fn connect(url: &AmqpUrl, name: &str) -> Result<Connection, BrokerError> {
     let props = ConnectionProperties::default().with_connection_name(name.into());
-    match tokio::time::timeout(
-        CONNECT_TIMEOUT,
-        Connection::connect(&url.connect_uri, props),
-    )
-    .await
-    {
+    let mut uri: lapin::uri::AMQPUri = url
+        .connect_uri
+        .parse()
+        .map_err(|e| BrokerError::new(ErrorKind::InvalidConfig, redact_err(url, e)))?;
+    if uri.query.frame_max.is_none() {
+        uri.query.frame_max = Some(DEFAULT_FRAME_MAX);
+    }
+    match tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect_uri(uri, props)).await {
         Ok(Ok(c)) => Ok(c),
         Ok(Err(e)) => Err(unreachable(url, redact_err(url, e))),
         Err(_) => Err(unreachable(url, "connect timed out")),
@@ -184,6 +194,7 @@ impl Inner {
             ch,
             declared: Mutex::new(HashSet::new()),
             order: Mutex::new(()),
+            spare: Mutex::new(None),
         });
         *guard = Some(link.clone());
         Ok(link)
@@ -368,6 +379,44 @@ impl Inner {
         }
     }
 
+    /// The spare channel of the publisher connection (or a new one), for operations whose
+    /// refusal (404) closes the channel: give it back with [`Inner::give_back`].
+    async fn spare_channel(&self) -> Result<(Arc<Link>, Channel), BrokerError> {
+        let link = self.link().await?;
+        let spare = link.spare.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(ch) = spare {
+            if ch.status().connected() {
+                return Ok((link, ch));
+            }
+        }
+        match link.conn.create_channel().await {
+            Ok(ch) => Ok((link, ch)),
+            Err(e) => {
+                self.invalidate(&link).await;
+                Err(unreachable(&self.url, e))
+            }
+        }
+    }
+
+    async fn give_back(&self, link: &Link, ch: Channel) {
+        if !ch.status().connected() {
+            return;
+        }
+        let extra = {
+            let mut spare = link.spare.lock().unwrap_or_else(|p| p.into_inner());
+            match spare.as_ref() {
+                Some(s) if s.status().connected() => Some(ch),
+                _ => {
+                    *spare = Some(ch);
+                    None
+                }
+            }
+        };
+        if let Some(ch) = extra {
+            let _ = ch.close(200, "done".into()).await;
+        }
+    }
+
     fn held_unacked(&self, queue: &str) -> u64 {
         let c = self.consumers.lock().unwrap_or_else(|p| p.into_inner());
         c.iter()
@@ -452,7 +501,7 @@ impl Purge for AmqpBroker {
     }
 
     async fn purge(&self, queue: &str) -> Result<u64, BrokerError> {
-        let (_link, ch) = self.inner.temp_channel().await?;
+        let (link, ch) = self.inner.spare_channel().await?;
         let n = match ch
             .queue_purge(queue.into(), QueuePurgeOptions::default())
             .await
@@ -461,7 +510,7 @@ impl Purge for AmqpBroker {
             Err(e) if is_refusal(&e) => 0, // no such queue: nothing to purge
             Err(e) => return Err(unreachable(&self.inner.url, e)),
         };
-        let _ = ch.close(200, "purged".into()).await;
+        self.inner.give_back(&link, ch).await;
         Ok(n)
     }
 }
@@ -490,7 +539,7 @@ impl QueueStats for AmqpBroker {
             queues.to_vec()
         };
         let mut out = Vec::with_capacity(names.len());
-        let (_link, mut ch) = self.inner.temp_channel().await?;
+        let (mut link, mut ch) = self.inner.spare_channel().await?;
         for q in names {
             let ready = match ch
                 .queue_declare(
@@ -506,7 +555,7 @@ impl QueueStats for AmqpBroker {
                 Ok(s) => u64::from(s.message_count()),
                 Err(e) if is_refusal(&e) => {
                     // 404: the channel is closed; take another for the next name.
-                    ch = self.inner.temp_channel().await?.1;
+                    (link, ch) = self.inner.spare_channel().await?;
                     0
                 }
                 Err(e) => return Err(unreachable(&self.inner.url, e)),
@@ -519,7 +568,7 @@ impl QueueStats for AmqpBroker {
                 unacked,
             });
         }
-        let _ = ch.close(200, "stats".into()).await;
+        self.inner.give_back(&link, ch).await;
         Ok(out)
     }
 }
