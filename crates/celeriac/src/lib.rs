@@ -38,5 +38,5 @@ pub use celeriac_core as core;
 pub use celeriac_core::state::{TaskMeta, TaskState};
 pub use celeriac_core::task::{Task, TaskContext, TaskError, TaskOptions, VarArgs, VarKwargs};
 pub use celeriac_macros::task;
-pub use celeriac_worker::{ShutdownHandle, Worker, WorkerConfig};
+pub use celeriac_worker::{ShutdownHandle, Worker, WorkerConfig, WorkerError};
 pub use serde_json;

@@ -97,10 +97,23 @@ async fn count_runs() -> u32 {
     RUNS.fetch_add(1, Ordering::SeqCst) + 1
 }
 
+type WorkerJoin = tokio::task::JoinHandle<Result<(), celeriac::WorkerError>>;
+
+/// Starts a worker for `app` in this process; stop it through the handle, then join.
+async fn spawn_worker(app: &App, concurrency: usize) -> (celeriac::ShutdownHandle, WorkerJoin) {
+    let config = WorkerConfig {
+        concurrency,
+        shutdown_timeout: Duration::from_secs(10),
+        ..app.worker_config()
+    };
+    let worker = app.worker(config).await.unwrap();
+    (worker.shutdown_handle(), tokio::spawn(worker.run()))
+}
+
 struct Running {
     app: App,
     shutdown: celeriac::ShutdownHandle,
-    join: tokio::task::JoinHandle<Result<(), celeriac::core::error::BrokerError>>,
+    join: WorkerJoin,
     _dir: tempfile::TempDir,
 }
 
@@ -125,21 +138,7 @@ fn app_at(dir: &tempfile::TempDir) -> App {
 async fn start(concurrency: usize) -> Running {
     let dir = tempfile::tempdir().unwrap();
     let app = app_at(&dir);
-    let config = WorkerConfig {
-        concurrency,
-        shutdown_timeout: Duration::from_secs(10),
-        ..app.worker_config()
-    };
-    let worker = app.worker(config).await.unwrap();
-    let shutdown = worker.shutdown_handle();
-    let join = tokio::spawn(async move {
-        worker.run().await.map_err(|e| {
-            celeriac::core::error::BrokerError::new(
-                celeriac::core::ErrorKind::Storage,
-                e.to_string(),
-            )
-        })
-    });
+    let (shutdown, join) = spawn_worker(&app, concurrency).await;
     Running {
         app,
         shutdown,
@@ -287,15 +286,7 @@ async fn retry_state_is_visible_between_tries() {
     let dir = tempfile::tempdir().unwrap();
     let app = app_at(&dir);
     // No worker yet: send a call that retries after a long countdown, run one try by hand.
-    let worker = app
-        .worker(WorkerConfig {
-            concurrency: 1,
-            ..app.worker_config()
-        })
-        .await
-        .unwrap();
-    let shutdown = worker.shutdown_handle();
-    let join = tokio::spawn(worker.run());
+    let (shutdown, join) = spawn_worker(&app, 1).await;
     let r = backoff::delay(&app).await.unwrap();
     let mut seen_retry = false;
     let deadline = Instant::now() + WAIT;
@@ -378,15 +369,7 @@ async fn expired_tasks_are_revoked_not_run() {
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(20)).await;
-    let worker = app
-        .worker(WorkerConfig {
-            concurrency: 1,
-            ..app.worker_config()
-        })
-        .await
-        .unwrap();
-    let shutdown = worker.shutdown_handle();
-    let join = tokio::spawn(worker.run());
+    let (shutdown, join) = spawn_worker(&app, 1).await;
     match r.get(WAIT).await {
         Err(ResultError::Task(e)) => {
             assert_eq!(e.state, TaskState::Revoked);
@@ -574,15 +557,7 @@ async fn graceful_shutdown_finishes_running_and_returns_the_rest() {
     for _ in 0..6 {
         results.push(slow::delay(&app, 0.4).await.unwrap());
     }
-    let worker = app
-        .worker(WorkerConfig {
-            concurrency: 2,
-            ..app.worker_config()
-        })
-        .await
-        .unwrap();
-    let shutdown = worker.shutdown_handle();
-    let join = tokio::spawn(worker.run());
+    let (shutdown, join) = spawn_worker(&app, 2).await;
     tokio::time::sleep(Duration::from_millis(150)).await;
     shutdown.graceful();
     join.await.unwrap().unwrap();
@@ -612,15 +587,7 @@ async fn graceful_shutdown_finishes_running_and_returns_the_rest() {
     );
 
     // A second worker finishes the rest: nothing was lost.
-    let worker = app
-        .worker(WorkerConfig {
-            concurrency: 4,
-            ..app.worker_config()
-        })
-        .await
-        .unwrap();
-    let shutdown = worker.shutdown_handle();
-    let join = tokio::spawn(worker.run());
+    let (shutdown, join) = spawn_worker(&app, 4).await;
     for r in &results {
         assert_eq!(r.get(WAIT).await.unwrap(), 0.4);
     }
@@ -633,15 +600,7 @@ async fn cold_shutdown_returns_late_ack_tasks_to_the_queue() {
     let dir = tempfile::tempdir().unwrap();
     let app = app_at(&dir);
     let r = slow::delay(&app, 30.0).await.unwrap();
-    let worker = app
-        .worker(WorkerConfig {
-            concurrency: 1,
-            ..app.worker_config()
-        })
-        .await
-        .unwrap();
-    let shutdown = worker.shutdown_handle();
-    let join = tokio::spawn(worker.run());
+    let (shutdown, join) = spawn_worker(&app, 1).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     shutdown.graceful();
     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -707,15 +666,7 @@ async fn a_redelivered_task_that_already_finished_is_not_run_again() {
         .unwrap();
     lost.close().await.unwrap();
 
-    let worker = app
-        .worker(WorkerConfig {
-            concurrency: 2,
-            ..app.worker_config()
-        })
-        .await
-        .unwrap();
-    let shutdown = worker.shutdown_handle();
-    let join = tokio::spawn(worker.run());
+    let (shutdown, join) = spawn_worker(&app, 2).await;
     assert_eq!(
         unfinished.get(WAIT).await.unwrap(),
         1,
