@@ -111,7 +111,7 @@ struct WorkerArgs {
     /// Messages reserved ahead per execution slot.
     #[arg(long = "prefetch-multiplier")]
     prefetch_multiplier: Option<usize>,
-    /// Node name (default: celery@<host>).
+    /// Node name (default: celery@<host>); `%h`, `%n`, `%d` expand as in Celery.
     #[arg(short = 'n', long)]
     hostname: Option<String>,
     /// Seconds a graceful shutdown waits for running tasks.
@@ -418,7 +418,7 @@ async fn run_worker(app: &App, args: WorkerArgs) -> Result<(), String> {
         config.prefetch_multiplier = m.max(1);
     }
     if let Some(n) = args.hostname {
-        config.hostname = n;
+        config.hostname = expand_node_name(&n, &celeriac::core::message::hostname());
     }
     if let Some(t) = args.shutdown_timeout {
         config.shutdown_timeout = seconds(t, "--shutdown-timeout")?;
@@ -428,6 +428,14 @@ async fn run_worker(app: &App, args: WorkerArgs) -> Result<(), String> {
     let shutdown = worker.shutdown_handle();
     tokio::spawn(forward_signals(shutdown));
     worker.run().await.map_err(|e| e.to_string())
+}
+
+/// Celery's node-name variables: `%h` the host name, `%n` its first label, `%d` the rest.
+fn expand_node_name(name: &str, host: &str) -> String {
+    let (short, domain) = host.split_once('.').unwrap_or((host, ""));
+    name.replace("%h", host)
+        .replace("%n", short)
+        .replace("%d", domain)
 }
 
 /// First SIGTERM/SIGINT: warm shutdown; the second: stop now.
@@ -455,5 +463,23 @@ async fn forward_signals(shutdown: celeriac::ShutdownHandle) {
 async fn forward_signals(shutdown: celeriac::ShutdownHandle) {
     while tokio::signal::ctrl_c().await.is_ok() {
         shutdown.escalate();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::expand_node_name;
+
+    #[test]
+    fn node_names_expand_like_celery() {
+        assert_eq!(
+            expand_node_name("w1@%h", "box.example.org"),
+            "w1@box.example.org"
+        );
+        assert_eq!(
+            expand_node_name("%n-worker@%d", "box.example.org"),
+            "box-worker@example.org"
+        );
+        assert_eq!(expand_node_name("plain@name", "box"), "plain@name");
     }
 }
