@@ -832,6 +832,17 @@ impl Shared {
             not_before: Some(eta),
             message: next.to_raw(),
         };
+        let exc = exception.unwrap_or_else(|| {
+            ExceptionInfo::new("Retry", format!("Retry in {}s", countdown.as_secs_f64()))
+                .with_module("celery.exceptions")
+        });
+        info!(task_id = %h.id, "Task {}[{}] retry: Retry in {}s: {}", h.task, h.id, countdown.as_secs_f64(), exc.repr());
+        self.counters.retried.fetch_add(1, Ordering::Relaxed);
+        // RETRY goes in before the new message exists: stored after, it could overwrite the
+        // final state of a retry that already ran (only SUCCESS is protected).
+        if !(h.ignore_result || options.ignore_result) {
+            self.store(&builder.retry(&exc, traceback)).await;
+        }
         if let Err(e) = self.broker.publish(publish).await {
             error!(task_id = %h.id, "could not publish the retry of {}[{}]: {e}", h.task, h.id);
             // Not acked yet with late ack: put it back rather than lose it.
@@ -839,15 +850,6 @@ impl Shared {
                 Settle::Ack => Settle::Requeue,
                 other => other,
             };
-        }
-        let exc = exception.unwrap_or_else(|| {
-            ExceptionInfo::new("Retry", format!("Retry in {}s", countdown.as_secs_f64()))
-                .with_module("celery.exceptions")
-        });
-        info!(task_id = %h.id, "Task {}[{}] retry: Retry in {}s: {}", h.task, h.id, countdown.as_secs_f64(), exc.repr());
-        self.counters.retried.fetch_add(1, Ordering::Relaxed);
-        if !(h.ignore_result || options.ignore_result) {
-            self.store(&builder.retry(&exc, traceback)).await;
         }
         done
     }

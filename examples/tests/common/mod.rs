@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use celeriac::serde_json::{self, json, Value};
-use celeriac::{ResultError, TaskState};
+use celeriac::ResultError;
 use celeriac_demo::{add, fail, flaky};
 
 pub const WAIT: Duration = Duration::from_secs(40);
@@ -316,9 +316,11 @@ pub async fn celeriac_calls_python_worker(e: &Env) {
     }
     let retried = flaky::delay(&app, 2).await.unwrap();
     assert_eq!(retried.get(WAIT).await.unwrap(), 2);
-    assert_eq!(retried.state().await.unwrap(), TaskState::Success);
+    // Not checked: the state read afterwards. With retries at countdown 0 on a threads pool,
+    // Celery's own worker can store RETRY after the retried run stored SUCCESS (its SUCCESS
+    // guard is a GET then a SET); `get` above saw the SUCCESS as it was published.
     let log = worker.stop();
-    assert!(count(&log, retried.id(), "succeeded") == 1, "{log:#?}");
+    assert_eq!(count(&log, retried.id(), "succeeded"), 1, "{log:#?}");
 }
 
 /// A Python and a celeriac worker on one broker, each consuming its own queue, with tasks
