@@ -90,6 +90,16 @@ async fn slow(seconds: f64) -> f64 {
     seconds
 }
 
+static DRAIN_STARTS: AtomicU32 = AtomicU32::new(0);
+
+/// Only the graceful-shutdown test uses this task, so its start count is that test's own.
+#[task(name = "t.counted_slow", acks_late = true)]
+async fn counted_slow(seconds: f64) -> f64 {
+    DRAIN_STARTS.fetch_add(1, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
+    seconds
+}
+
 static RUNS: AtomicU32 = AtomicU32::new(0);
 
 #[task(name = "t.count_runs")]
@@ -132,6 +142,7 @@ fn app_at(dir: &tempfile::TempDir) -> App {
         .task::<record>()
         .task::<slow>()
         .task::<count_runs>()
+        .task::<counted_slow>()
         .build()
 }
 
@@ -555,10 +566,18 @@ async fn graceful_shutdown_finishes_running_and_returns_the_rest() {
     let app = app_at(&dir);
     let mut results = Vec::new();
     for _ in 0..6 {
-        results.push(slow::delay(&app, 0.4).await.unwrap());
+        results.push(counted_slow::delay(&app, 1.0).await.unwrap());
     }
     let (shutdown, join) = spawn_worker(&app, 2).await;
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    // Both execution slots busy: now ask for a graceful stop.
+    let deadline = Instant::now() + WAIT;
+    while DRAIN_STARTS.load(Ordering::SeqCst) < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the worker never started two tasks"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     shutdown.graceful();
     join.await.unwrap().unwrap();
     let mut done = 0;
@@ -589,8 +608,9 @@ async fn graceful_shutdown_finishes_running_and_returns_the_rest() {
     // A second worker finishes the rest: nothing was lost.
     let (shutdown, join) = spawn_worker(&app, 4).await;
     for r in &results {
-        assert_eq!(r.get(WAIT).await.unwrap(), 0.4);
+        assert_eq!(r.get(WAIT).await.unwrap(), 1.0);
     }
+    assert_eq!(DRAIN_STARTS.load(Ordering::SeqCst), 6, "each task ran once");
     shutdown.graceful();
     join.await.unwrap().unwrap();
 }
