@@ -347,6 +347,33 @@ fn fetch_tx(
 }
 
 impl SqliteConsumer {
+    /// Runs `statement` (`?1` message id, `?2` owner) for each held message, in one write:
+    /// a message whose lease this consumer lost is left alone.
+    async fn settle_held(
+        &self,
+        tags: &[DeliveryTag],
+        statement: &'static str,
+        wake: Wake,
+        op: &'static str,
+    ) -> Result<(), BrokerError> {
+        if tags.is_empty() {
+            return Ok(());
+        }
+        let ids = parse_tags(tags)?;
+        let owner = self.owner.clone();
+        self.store
+            .db()
+            .write(wake, move |c| {
+                let mut stmt = c.prepare_cached(statement)?;
+                for id in &ids {
+                    stmt.execute(params![id, &*owner])?;
+                }
+                Ok(())
+            })
+            .await
+            .map_err(|e| self.store.broker_err(op, e))
+    }
+
     fn new(store: SqliteStore, spec: ConsumerSpec) -> SqliteConsumer {
         let owner: Arc<str> = format!("{}/{}", spec.name, uuid::Uuid::new_v4().simple()).into();
         SqliteConsumer {
@@ -458,41 +485,12 @@ impl Consumer for SqliteConsumer {
     }
 
     async fn ack(&self, tags: &[DeliveryTag]) -> Result<(), BrokerError> {
-        if tags.is_empty() {
-            return Ok(());
-        }
-        let ids = parse_tags(tags)?;
-        let owner = self.owner.clone();
-        self.store
-            .db()
-            .write(Wake::Nothing, move |c| {
-                let mut stmt = c.prepare_cached(sql::ACK)?;
-                for id in &ids {
-                    stmt.execute(params![id, &*owner])?;
-                }
-                Ok(())
-            })
-            .await
-            .map_err(|e| self.store.broker_err("ack", e))
+        self.settle_held(tags, sql::ACK, Wake::Nothing, "ack").await
     }
 
     async fn requeue(&self, tags: &[DeliveryTag]) -> Result<(), BrokerError> {
-        if tags.is_empty() {
-            return Ok(());
-        }
-        let ids = parse_tags(tags)?;
-        let owner = self.owner.clone();
-        self.store
-            .db()
-            .write(Wake::Messages, move |c| {
-                let mut stmt = c.prepare_cached(sql::REQUEUE)?;
-                for id in &ids {
-                    stmt.execute(params![id, &*owner])?;
-                }
-                Ok(())
-            })
+        self.settle_held(tags, sql::REQUEUE, Wake::Messages, "requeue")
             .await
-            .map_err(|e| self.store.broker_err("requeue", e))
     }
 
     async fn dead_letter(&self, tag: &DeliveryTag, reason: &str) -> Result<(), BrokerError> {
