@@ -296,7 +296,7 @@ async fn autoretry_with_backoff_then_success_and_max_retries_then_failure() {
 async fn retry_state_is_visible_between_tries() {
     let dir = tempfile::tempdir().unwrap();
     let app = app_at(&dir);
-    // No worker yet: send a call that retries after a long countdown, run one try by hand.
+    // Poll the state while the task retries: RETRY must show between the tries.
     let (shutdown, join) = spawn_worker(&app, 1).await;
     let r = backoff::delay(&app).await.unwrap();
     let mut seen_retry = false;
@@ -349,16 +349,7 @@ async fn eta_tasks_run_in_due_order_not_send_order() {
                 .unwrap(),
         );
     }
-    let scheduled = w
-        .app
-        .broker()
-        .await
-        .unwrap()
-        .queue_stats()
-        .unwrap()
-        .queue_lengths(&["celery".into()])
-        .await
-        .unwrap();
+    let scheduled = celery_lengths(&w.app).await;
     assert_eq!(
         scheduled[0].scheduled, 3,
         "ETA tasks wait in the store, not in the worker"
@@ -417,17 +408,8 @@ async fn revoke_before_run_and_terminate_while_running() {
     }
     let long = slow::delay(&w.app, 30.0).await.unwrap();
     // Wait until it is running (leased), then terminate it.
-    let stats = w.app.broker().await.unwrap();
     let deadline = Instant::now() + WAIT;
-    while stats
-        .queue_stats()
-        .unwrap()
-        .queue_lengths(&["celery".into()])
-        .await
-        .unwrap()[0]
-        .unacked
-        == 0
-    {
+    while celery_lengths(&w.app).await[0].unacked == 0 {
         assert!(Instant::now() < deadline, "task never started");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -446,6 +428,7 @@ async fn revoke_before_run_and_terminate_while_running() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_and_unknown_messages_go_to_the_dead_letter_queue() {
     let w = start(2).await;
+    let app = w.app.clone();
     let broker = w.app.broker().await.unwrap();
     let mut headers = Map::new();
     headers.insert("task".into(), json!("t.add"));
@@ -520,25 +503,26 @@ async fn malformed_and_unknown_messages_go_to_the_dead_letter_queue() {
     w.stop().await;
     let requeued = dead.requeue_dead_letters(&[]).await.unwrap();
     assert_eq!(requeued, 3);
-    let lengths = broker
+    let lengths = celery_lengths(&app).await;
+    assert_eq!(lengths[0].ready, 3);
+}
+
+/// Lengths of the default queue.
+async fn celery_lengths(app: &App) -> Vec<celeriac::core::broker::QueueLength> {
+    app.broker()
+        .await
+        .unwrap()
         .queue_stats()
         .unwrap()
         .queue_lengths(&["celery".into()])
         .await
-        .unwrap();
-    assert_eq!(lengths[0].ready, 3);
+        .unwrap()
 }
 
 async fn wait_queue_empty(app: &App) {
-    let broker = app.broker().await.unwrap();
     let deadline = Instant::now() + WAIT;
     loop {
-        let q = broker
-            .queue_stats()
-            .unwrap()
-            .queue_lengths(&["celery".into()])
-            .await
-            .unwrap();
+        let q = celery_lengths(app).await;
         if q[0].ready == 0 && q[0].scheduled == 0 && q[0].unacked == 0 {
             return;
         }
@@ -590,15 +574,7 @@ async fn graceful_shutdown_finishes_running_and_returns_the_rest() {
         done, 2,
         "the two running tasks finish; the others are not started"
     );
-    let lengths = app
-        .broker()
-        .await
-        .unwrap()
-        .queue_stats()
-        .unwrap()
-        .queue_lengths(&["celery".into()])
-        .await
-        .unwrap();
+    let lengths = celery_lengths(&app).await;
     assert_eq!(
         (lengths[0].ready, lengths[0].unacked),
         (4, 0),
@@ -627,15 +603,7 @@ async fn cold_shutdown_returns_late_ack_tasks_to_the_queue() {
     shutdown.now();
     join.await.unwrap().unwrap();
     assert_eq!(r.state().await.unwrap(), TaskState::Pending);
-    let lengths = app
-        .broker()
-        .await
-        .unwrap()
-        .queue_stats()
-        .unwrap()
-        .queue_lengths(&["celery".into()])
-        .await
-        .unwrap();
+    let lengths = celery_lengths(&app).await;
     assert_eq!((lengths[0].ready, lengths[0].unacked), (1, 0));
 }
 
@@ -718,14 +686,6 @@ async fn a_big_batch_is_sent_whole_and_in_order() {
     let ids: Vec<&str> = sent.iter().map(|r| r.id()).collect();
     let expected: Vec<String> = (0..5000).map(|i| format!("batch-{i}")).collect();
     assert_eq!(ids, expected.iter().map(String::as_str).collect::<Vec<_>>());
-    let lengths = app
-        .broker()
-        .await
-        .unwrap()
-        .queue_stats()
-        .unwrap()
-        .queue_lengths(&["celery".into()])
-        .await
-        .unwrap();
+    let lengths = celery_lengths(&app).await;
     assert_eq!(lengths[0].ready, 5000);
 }
