@@ -187,6 +187,34 @@ impl Link {
         }
     }
 
+    /// Sends `pipe` (each attempt sends a fresh copy); retries as [`Self::run`].
+    async fn pipe<T: redis::FromRedisValue>(
+        &self,
+        what: &str,
+        retry: bool,
+        pipe: &redis::Pipeline,
+    ) -> Result<T, BrokerError> {
+        self.run(what, retry, |mut c| {
+            let pipe = pipe.clone();
+            async move { pipe.query_async(&mut c).await }
+        })
+        .await
+    }
+
+    /// Sends one command (a fresh copy per attempt); retries as [`Self::run`].
+    async fn query<T: redis::FromRedisValue>(
+        &self,
+        what: &str,
+        retry: bool,
+        cmd: &redis::Cmd,
+    ) -> Result<T, BrokerError> {
+        self.run(what, retry, |mut c| {
+            let cmd = cmd.clone();
+            async move { cmd.query_async(&mut c).await }
+        })
+        .await
+    }
+
     /// Runs `op` on the connection; `retry`: once more on a fresh connection when the
     /// connection broke (for idempotent operations, and publishes, as kombu retries them).
     async fn run<T, F, Fut>(&self, what: &str, retry: bool, mut op: F) -> Result<T, BrokerError>
@@ -487,12 +515,7 @@ impl Inner {
             pipe.sadd(self.keys.binding(q), &member).ignore();
             pipe.sadd(self.keys.binding_permanent(q), &member).ignore();
         }
-        self.cmd
-            .run("declare queue", true, |mut c| {
-                let pipe = pipe.clone();
-                async move { pipe.query_async::<()>(&mut c).await }
-            })
-            .await?;
+        self.cmd.pipe::<()>("declare queue", true, &pipe).await?;
         self.declared.lock().unwrap().extend(new);
         Ok(())
     }
@@ -506,10 +529,7 @@ impl Inner {
         let key = self.keys.binding(exchange);
         let members: Vec<String> = self
             .cmd
-            .run("binding lookup", true, |mut c| {
-                let key = key.clone();
-                async move { redis::cmd("SMEMBERS").arg(key).query_async(&mut c).await }
-            })
+            .query("binding lookup", true, redis::cmd("SMEMBERS").arg(&key))
             .await?;
         let mut out: Vec<String> = members
             .iter()
@@ -534,17 +554,11 @@ impl Inner {
             let (ukey, ikey) = (self.keys.unacked(), self.keys.unacked_index());
             let values: Vec<Option<String>> = self
                 .cmd
-                .run("read unacked", true, |mut c| {
-                    let ukey = ukey.clone();
-                    let chunk = chunk.to_vec();
-                    async move {
-                        redis::cmd("HMGET")
-                            .arg(ukey)
-                            .arg(chunk)
-                            .query_async(&mut c)
-                            .await
-                    }
-                })
+                .query(
+                    "read unacked",
+                    true,
+                    redis::cmd("HMGET").arg(&ukey).arg(chunk),
+                )
                 .await?;
             let mut keys_: Vec<String> = vec![ukey, ikey];
             let mut key_index: HashMap<String, usize> = HashMap::new();
@@ -660,19 +674,16 @@ impl Inner {
         let mutex = self.keys.unacked_mutex();
         let locked: Option<String> = self
             .cmd
-            .run("take unacked_mutex", false, |mut c| {
-                let (mutex, token) = (mutex.clone(), token.clone());
-                async move {
-                    redis::cmd("SET")
-                        .arg(mutex)
-                        .arg(token)
-                        .arg("NX")
-                        .arg("PX")
-                        .arg(keys::MUTEX_PX)
-                        .query_async(&mut c)
-                        .await
-                }
-            })
+            .query(
+                "take unacked_mutex",
+                false,
+                redis::cmd("SET")
+                    .arg(&mutex)
+                    .arg(&token)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(keys::MUTEX_PX),
+            )
             .await?;
         if locked.is_none() {
             return Ok(0);
@@ -683,22 +694,19 @@ impl Inner {
             let ikey = self.keys.unacked_index();
             let tags: Vec<String> = self
                 .cmd
-                .run("read unacked_index", true, |mut c| {
-                    let ikey = ikey.clone();
-                    async move {
-                        redis::cmd("ZRANGE")
-                            .arg(ikey)
-                            .arg(format!("{ceiling:.6}"))
-                            .arg("0")
-                            .arg("BYSCORE")
-                            .arg("REV")
-                            .arg("LIMIT")
-                            .arg(0)
-                            .arg(1000)
-                            .query_async(&mut c)
-                            .await
-                    }
-                })
+                .query(
+                    "read unacked_index",
+                    true,
+                    redis::cmd("ZRANGE")
+                        .arg(&ikey)
+                        .arg(format!("{ceiling:.6}"))
+                        .arg("0")
+                        .arg("BYSCORE")
+                        .arg("REV")
+                        .arg("LIMIT")
+                        .arg(0)
+                        .arg(1000),
+                )
                 .await?;
             if tags.is_empty() {
                 return Ok(0);
@@ -774,13 +782,7 @@ impl Broker for RedisBroker {
                 }
             }
         }
-        self.inner
-            .cmd
-            .run("publish", true, |mut c| {
-                let pipe = pipe.clone();
-                async move { pipe.query_async::<()>(&mut c).await }
-            })
-            .await
+        self.inner.cmd.pipe::<()>("publish", true, &pipe).await
     }
 
     async fn consumer(&self, spec: ConsumerSpec) -> Result<Box<dyn Consumer>, BrokerError> {
@@ -1187,14 +1189,7 @@ impl Consumer for RedisConsumer {
             pipe.zrem(k.unacked_index(), chunk).ignore();
             pipe.hdel(k.unacked(), chunk).ignore();
         }
-        self.sh
-            .broker
-            .cmd
-            .run("ack", true, |mut c| {
-                let pipe = pipe.clone();
-                async move { pipe.query_async::<()>(&mut c).await }
-            })
-            .await?;
+        self.sh.broker.cmd.pipe::<()>("ack", true, &pipe).await?;
         self.sh.release(&tags);
         Ok(())
     }
@@ -1241,10 +1236,7 @@ impl Consumer for RedisConsumer {
         self.sh
             .broker
             .cmd
-            .run("keepalive", true, |mut c| {
-                let pipe = pipe.clone();
-                async move { pipe.query_async::<()>(&mut c).await }
-            })
+            .pipe::<()>("keepalive", true, &pipe)
             .await
     }
 
@@ -1302,14 +1294,7 @@ impl Purge for RedisBroker {
             pipe.del(key).ignore();
         }
         pipe.del(k.delayed(queue)).ignore();
-        let counts: Vec<u64> = self
-            .inner
-            .cmd
-            .run("purge", true, |mut c| {
-                let pipe = pipe.clone();
-                async move { pipe.query_async(&mut c).await }
-            })
-            .await?;
+        let counts: Vec<u64> = self.inner.cmd.pipe("purge", true, &pipe).await?;
         Ok(counts.iter().sum())
     }
 }
@@ -1325,19 +1310,16 @@ impl RedisBroker {
             let (next, batch): (u64, Vec<String>) = self
                 .inner
                 .cmd
-                .run("list bindings", true, |mut c| {
-                    let glob = glob.clone();
-                    async move {
-                        redis::cmd("SCAN")
-                            .arg(cursor)
-                            .arg("MATCH")
-                            .arg(glob)
-                            .arg("COUNT")
-                            .arg(1000)
-                            .query_async(&mut c)
-                            .await
-                    }
-                })
+                .query(
+                    "list bindings",
+                    true,
+                    redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(&glob)
+                        .arg("COUNT")
+                        .arg(1000),
+                )
                 .await?;
             sets.extend(batch);
             if next == 0 {
@@ -1356,10 +1338,7 @@ impl RedisBroker {
             let members: Vec<String> = self
                 .inner
                 .cmd
-                .run("read bindings", true, |mut c| {
-                    let set = set.clone();
-                    async move { redis::cmd("SMEMBERS").arg(set).query_async(&mut c).await }
-                })
+                .query("read bindings", true, redis::cmd("SMEMBERS").arg(&set))
                 .await?;
             queues.extend(
                 members
@@ -1382,18 +1361,15 @@ impl RedisBroker {
             let (next, pairs): (u64, Vec<String>) = self
                 .inner
                 .cmd
-                .run("scan unacked", true, |mut c| {
-                    let key = key.clone();
-                    async move {
-                        redis::cmd("HSCAN")
-                            .arg(key)
-                            .arg(cursor)
-                            .arg("COUNT")
-                            .arg(1000)
-                            .query_async(&mut c)
-                            .await
-                    }
-                })
+                .query(
+                    "scan unacked",
+                    true,
+                    redis::cmd("HSCAN")
+                        .arg(&key)
+                        .arg(cursor)
+                        .arg("COUNT")
+                        .arg(1000),
+                )
                 .await?;
             for value in pairs.iter().skip(1).step_by(2) {
                 if let Ok(Value::Array(a)) = serde_json::from_str::<Value>(value) {
@@ -1430,14 +1406,7 @@ impl QueueStats for RedisBroker {
             }
             pipe.zcard(k.delayed(q));
         }
-        let counts: Vec<u64> = self
-            .inner
-            .cmd
-            .run("queue lengths", true, |mut c| {
-                let pipe = pipe.clone();
-                async move { pipe.query_async(&mut c).await }
-            })
-            .await?;
+        let counts: Vec<u64> = self.inner.cmd.pipe("queue lengths", true, &pipe).await?;
         let unacked = self.unacked_by_queue().await?;
         Ok(queues
             .iter()
@@ -1495,17 +1464,14 @@ impl DeadLetters for RedisBroker {
         let records: Vec<String> = self
             .inner
             .cmd
-            .run("list dead letters", true, |mut c| {
-                let key = key.clone();
-                async move {
-                    redis::cmd("LRANGE")
-                        .arg(key)
-                        .arg(0)
-                        .arg(limit.saturating_sub(1).min(i64::MAX as usize) as i64)
-                        .query_async(&mut c)
-                        .await
-                }
-            })
+            .query(
+                "list dead letters",
+                true,
+                redis::cmd("LRANGE")
+                    .arg(&key)
+                    .arg(0)
+                    .arg(limit.saturating_sub(1).min(i64::MAX as usize) as i64),
+            )
             .await?;
         Ok(records
             .iter()
@@ -1518,17 +1484,11 @@ impl DeadLetters for RedisBroker {
         let key = inner.keys.dead_letters();
         let records: Vec<String> = inner
             .cmd
-            .run("list dead letters", true, |mut c| {
-                let key = key.clone();
-                async move {
-                    redis::cmd("LRANGE")
-                        .arg(key)
-                        .arg(0)
-                        .arg(-1)
-                        .query_async(&mut c)
-                        .await
-                }
-            })
+            .query(
+                "list dead letters",
+                true,
+                redis::cmd("LRANGE").arg(&key).arg(0).arg(-1),
+            )
             .await?;
         let wanted: HashSet<&str> = ids.iter().map(String::as_str).collect();
         let mut count = 0;
@@ -1653,13 +1613,7 @@ impl Revocations for RedisBroker {
             .ignore();
         pipe.publish(k.pidbox_channel(), self.pidbox_revoke(task_ids, terminate))
             .ignore();
-        self.inner
-            .cmd
-            .run("revoke", true, |mut c| {
-                let pipe = pipe.clone();
-                async move { pipe.query_async::<()>(&mut c).await }
-            })
-            .await
+        self.inner.cmd.pipe::<()>("revoke", true, &pipe).await
     }
 
     async fn is_revoked(&self, task_id: &str) -> Result<bool, BrokerError> {
@@ -1667,17 +1621,11 @@ impl Revocations for RedisBroker {
         let score: Option<f64> = self
             .inner
             .cmd
-            .run("is revoked", true, |mut c| {
-                let key = key.clone();
-                let id = task_id.to_string();
-                async move {
-                    redis::cmd("ZSCORE")
-                        .arg(key)
-                        .arg(id)
-                        .query_async(&mut c)
-                        .await
-                }
-            })
+            .query(
+                "is revoked",
+                true,
+                redis::cmd("ZSCORE").arg(&key).arg(task_id),
+            )
             .await?;
         Ok(score.is_some())
     }
@@ -1692,19 +1640,16 @@ impl Revocations for RedisBroker {
         let entries: Vec<(String, Vec<String>)> = self
             .inner
             .cmd
-            .run("read revocations", true, |mut c| {
-                let (key, start) = (key.clone(), start.clone());
-                async move {
-                    redis::cmd("XRANGE")
-                        .arg(key)
-                        .arg(start)
-                        .arg("+")
-                        .arg("COUNT")
-                        .arg(10_000)
-                        .query_async(&mut c)
-                        .await
-                }
-            })
+            .query(
+                "read revocations",
+                true,
+                redis::cmd("XRANGE")
+                    .arg(&key)
+                    .arg(&start)
+                    .arg("+")
+                    .arg("COUNT")
+                    .arg(10_000),
+            )
             .await?;
         let mut next = cursor;
         let mut out = Vec::with_capacity(entries.len());
