@@ -103,3 +103,29 @@ async fn python_and_celeriac_workers_share_one_vhost_each_on_its_own_queue() {
     };
     workers_share_a_broker_each_on_its_own_queue(&e).await;
 }
+
+/// Celery's quorum-queue setup (`task_default_queue_type = "quorum"`, celeriac's
+/// `?queue_type=quorum`): both directions on one vhost, whichever side declares `celery`
+/// first, the other's declaration matches it. Python's countdown on a quorum queue arrives
+/// with an `eta` header (Celery skips the delay ladder for direct exchanges) and celeriac
+/// parks it in the ladder; celeriac's countdown goes through the ladder to the Python worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_directions_on_quorum_queues() {
+    let Some((mut e, vhost)) = env(9, "quorum") else {
+        return;
+    };
+    e.broker.push_str("?queue_type=quorum");
+    drop(python_calls_celeriac_worker(&e));
+    celeriac_calls_python_worker(&e).await;
+    let out = Command::new("rabbitmqctl")
+        .args(["list_queues", "-p", &vhost.name, "-q", "name", "type"])
+        .output()
+        .expect("rabbitmqctl runs");
+    let queues = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        queues
+            .lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["celery", "quorum"]),
+        "{queues}"
+    );
+}

@@ -2,21 +2,39 @@
 signatures, so either side can run any call. Used by the interop tests and the side-by-side
 benchmark. Configuration comes from the environment:
 
-  CELERIAC_INTEROP_BROKER      broker URL (default redis://127.0.0.1:6379/0)
+  CELERIAC_INTEROP_BROKER      broker URL (default redis://127.0.0.1:6379/0); on RabbitMQ it
+                               may carry celeriac's `?queue_type=quorum`, which becomes
+                               Celery's task_default_queue_type / task_create_missing_queue_type
+                               (kombu never sees it), so both sides read one URL
   CELERIAC_INTEROP_BACKEND     result backend URL (default: the broker URL)
   CELERIAC_INTEROP_VISIBILITY  Redis visibility_timeout in seconds (default 3600)
 """
 
 import os
 import time
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from celery import Celery
 
-broker = os.environ.get("CELERIAC_INTEROP_BROKER", "redis://127.0.0.1:6379/0")
+
+def split_queue_type(url):
+    """(url without celeriac's queue_type option, the queue type it named or 'classic')."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    queue_type = dict(query).get("queue_type") or "classic"
+    rest = urlencode([(k, v) for k, v in query if k != "queue_type"])
+    return urlunsplit(parts._replace(query=rest)), queue_type
+
+
+broker, queue_type = split_queue_type(
+    os.environ.get("CELERIAC_INTEROP_BROKER", "redis://127.0.0.1:6379/0")
+)
 backend = os.environ.get("CELERIAC_INTEROP_BACKEND", broker)
 
 app = Celery("pyapp", broker=broker, backend=backend)
 app.conf.update(
+    task_default_queue_type=queue_type,
+    task_create_missing_queue_type=queue_type,
     broker_transport_options={
         "visibility_timeout": float(os.environ.get("CELERIAC_INTEROP_VISIBILITY", "3600")),
     },
