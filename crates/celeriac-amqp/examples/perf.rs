@@ -69,6 +69,7 @@ async fn main() {
         "8 producers: {:.0}/s",
         (n / 8 * 8) as f64 / t.elapsed().as_secs_f64()
     );
+    let c0 = cpu();
     let t = Instant::now();
     let mut left = n;
     while left > 0 {
@@ -78,8 +79,53 @@ async fn main() {
             .unwrap();
         left -= k;
     }
-    println!("batch: {:.0}/s", n as f64 / t.elapsed().as_secs_f64());
-    let total = n / 10 + n / 8 * 8 + n;
+    println!(
+        "batch: {:.0}/s cpu {:.2}s",
+        n as f64 / t.elapsed().as_secs_f64(),
+        cpu() - c0
+    );
+    // Overlapped batches: PAR tasks, each sending CHUNK-message batches, over CONNS brokers.
+    let par: usize = std::env::var("PAR")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(4);
+    let chunk: usize = std::env::var("CHUNK")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1000);
+    let conns: usize = std::env::var("CONNS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1);
+    let mut brokers = vec![b.clone()];
+    for _ in 1..conns {
+        brokers.push(AmqpBroker::open(&url).await.unwrap());
+    }
+    let c0 = cpu();
+    let t = Instant::now();
+    let mut hs = vec![];
+    for i in 0..par {
+        let b = brokers[i % conns].clone();
+        hs.push(tokio::spawn(async move {
+            let mut left = n / par;
+            while left > 0 {
+                let k = left.min(chunk);
+                b.publish_batch((0..k).map(|_| msg()).collect())
+                    .await
+                    .unwrap();
+                left -= k;
+            }
+        }));
+    }
+    for h in hs {
+        h.await.unwrap();
+    }
+    println!(
+        "overlapped batch (par {par}, chunk {chunk}, conns {conns}): {:.0}/s cpu {:.2}s",
+        (n / par * par) as f64 / t.elapsed().as_secs_f64(),
+        cpu() - c0
+    );
+    let total = n / 10 + n / 8 * 8 + n + n / par * par;
     let c = b
         .consumer(ConsumerSpec {
             queues: vec!["celeriac_perf".into()],
@@ -102,4 +148,10 @@ async fn main() {
         total as f64 / t.elapsed().as_secs_f64()
     );
     c.close().await.unwrap();
+}
+
+fn cpu() -> f64 {
+    let s = std::fs::read_to_string("/proc/self/stat").unwrap();
+    let f: Vec<&str> = s.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) / 100.0
 }

@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::Poll;
 use std::time::{Duration, Instant};
@@ -23,12 +23,13 @@ use tracing::{debug, info, warn};
 
 use celeriac_core::broker::{
     Broker, Consumer, ConsumerSpec, DeadLetter, DeadLetters, Publish, Purge, QueueLength,
-    QueueStats, RawMessage, StatsCoverage,
+    QueueStats, RawMessage, Revocation, Revocations, StatsCoverage,
 };
 use celeriac_core::{BrokerError, ErrorKind};
 
 use crate::codec::{properties_for, raw_message};
 use crate::consumer::{AmqpConsumer, Core};
+use crate::revocations::RevocationLog;
 use crate::topology::{self, DEAD_LETTERS, DELAY_BITS};
 use crate::url::AmqpUrl;
 
@@ -60,6 +61,9 @@ pub(crate) struct Inner {
     known: Mutex<Vec<String>>,
     /// Live consumers, for the unacked counts they hold.
     consumers: Mutex<Vec<Weak<Core>>>,
+    pub(crate) revocations: RevocationLog,
+    /// Celery's Lamport clock for the broadcasts this process sends.
+    clock: AtomicU64,
 }
 
 /// One publisher connection and its confirm-mode channel.
@@ -150,6 +154,8 @@ impl AmqpBroker {
             unreachable: AtomicBool::new(false),
             known: Mutex::new(Vec::new()),
             consumers: Mutex::new(Vec::new()),
+            revocations: RevocationLog::new(),
+            clock: AtomicU64::new(0),
         });
         inner.link().await?;
         Ok(Arc::new(AmqpBroker { inner }))
@@ -172,7 +178,7 @@ impl Inner {
             ch.confirm_select(ConfirmSelectOptions::default()).await?;
             topology::declare_celery_exchanges(&ch).await?;
             topology::declare_delay_ladder(&ch).await?;
-            topology::declare_celeriac_queues(&ch, false).await?;
+            topology::declare_celeriac_queues(&ch).await?;
             Ok::<_, lapin::Error>(ch)
         };
         let ch = match setup.await {
@@ -490,6 +496,44 @@ impl Broker for AmqpBroker {
     }
     fn dead_letters(&self) -> Option<&dyn DeadLetters> {
         Some(self)
+    }
+    fn revocations(&self) -> Option<&dyn Revocations> {
+        Some(self)
+    }
+}
+
+/// Durable revokes through the `celeriac.revocations` stream (see `revocations.rs`), each
+/// also broadcast to `celery.pidbox` as Celery's `revoke` for Python workers.
+#[async_trait]
+impl Revocations for AmqpBroker {
+    async fn revoke(&self, task_ids: &[String], terminate: bool) -> Result<(), BrokerError> {
+        if task_ids.is_empty() {
+            return Ok(());
+        }
+        let inner = &self.inner;
+        let mark = uuid::Uuid::new_v4().to_string();
+        let clock = inner.clock.fetch_add(1, Ordering::Relaxed) + 1;
+        let out = RevocationLog::record(task_ids, terminate, &mark, clock);
+        inner.revocations.publish_and_wait(inner, &out, &mark).await
+    }
+
+    async fn is_revoked(&self, task_id: &str) -> Result<bool, BrokerError> {
+        let log = &self.inner.revocations;
+        log.ensure_following(&self.inner.url).await?;
+        if log.contains(task_id) {
+            return Ok(true);
+        }
+        log.sync(&self.inner).await?;
+        Ok(log.contains(task_id))
+    }
+
+    async fn revocations_since(&self, cursor: u64) -> Result<(Vec<Revocation>, u64), BrokerError> {
+        let log = &self.inner.revocations;
+        log.ensure_following(&self.inner.url).await?;
+        if !log.caught_up() {
+            log.sync(&self.inner).await?;
+        }
+        Ok(log.since(cursor))
     }
 }
 

@@ -4,6 +4,7 @@
 mod broker;
 mod codec;
 mod consumer;
+mod revocations;
 mod topology;
 mod url;
 

@@ -226,8 +226,8 @@ pub async fn declare_celery_exchanges(ch: &Channel) -> lapin::Result<()> {
     Ok(())
 }
 
-/// celeriac's own queues: the dead-letter queue (durable classic) and the revocation stream.
-pub async fn declare_celeriac_queues(ch: &Channel, streams: bool) -> lapin::Result<()> {
+/// celeriac's dead-letter queue (durable classic).
+pub async fn declare_celeriac_queues(ch: &Channel) -> lapin::Result<()> {
     ch.queue_declare(
         DEAD_LETTERS.into(),
         QueueDeclareOptions {
@@ -237,19 +237,36 @@ pub async fn declare_celeriac_queues(ch: &Channel, streams: bool) -> lapin::Resu
         FieldTable::default(),
     )
     .await?;
-    if streams {
-        let mut args = FieldTable::default();
-        args.insert("x-queue-type".into(), long("stream"));
-        ch.queue_declare(
-            REVOCATIONS.into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            args,
-        )
-        .await?;
-    }
+    Ok(())
+}
+
+/// Retention of the revocation stream: RabbitMQ drops whole segments, oldest first, past
+/// this size (a record is ~200 bytes, so well over the 100 000 revokes kept in memory).
+pub const REVOCATIONS_MAX_BYTES: i64 = 64 * 1024 * 1024;
+pub const REVOCATIONS_SEGMENT_BYTES: i64 = 4 * 1024 * 1024;
+
+/// The revocation stream (`x-queue-type: stream`, durable, bounded by size). Every celeriac
+/// process declares it with these exact arguments.
+pub async fn declare_revocation_stream(ch: &Channel) -> lapin::Result<()> {
+    let mut args = FieldTable::default();
+    args.insert("x-queue-type".into(), long("stream"));
+    args.insert(
+        "x-max-length-bytes".into(),
+        AMQPValue::LongLongInt(REVOCATIONS_MAX_BYTES),
+    );
+    args.insert(
+        "x-stream-max-segment-size-bytes".into(),
+        AMQPValue::LongLongInt(REVOCATIONS_SEGMENT_BYTES),
+    );
+    ch.queue_declare(
+        REVOCATIONS.into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        args,
+    )
+    .await?;
     Ok(())
 }
 

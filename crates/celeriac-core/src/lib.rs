@@ -14,6 +14,7 @@
 
 pub mod backend;
 pub mod broker;
+pub mod control;
 pub mod error;
 pub mod json;
 pub mod message;

@@ -24,6 +24,7 @@ use celeriac_core::broker::{
     Broker, Consumer, ConsumerSpec, DeadLetter, DeadLetters, Delivery, DeliveryTag, Publish, Purge,
     QueueLength, QueueStats, RawMessage, Revocation, Revocations,
 };
+use celeriac_core::control::{revoke_broadcast, BROADCAST_TTL_SECONDS};
 use celeriac_core::json::to_python_json;
 use celeriac_core::time::{from_millis, parse_iso};
 use celeriac_core::{BrokerError, ErrorKind};
@@ -1543,18 +1544,10 @@ impl RedisBroker {
     /// Celery's `revoke` broadcast as kombu PUBLISHes it on the pidbox fanout channel
     /// (vectors 17 and 22: a cast, so no `ticket` / `reply_to`).
     fn pidbox_revoke(&self, task_ids: &[String], terminate: bool) -> String {
-        let mut body = Map::new();
-        body.insert("method".into(), json!("revoke"));
-        body.insert(
-            "arguments".into(),
-            json!({"task_id": task_ids, "terminate": terminate, "signal": "SIGTERM"}),
-        );
-        body.insert("destination".into(), Value::Null);
-        body.insert("pattern".into(), Value::Null);
-        body.insert("matcher".into(), Value::Null);
+        let body = revoke_broadcast(task_ids, terminate);
         let body = to_python_json(&Value::Object(body));
         let clock = self.inner.clock.fetch_add(1, Ordering::Relaxed) + 1;
-        let expires = Utc::now().timestamp_micros() as f64 / 1e6 + 1.0;
+        let expires = Utc::now().timestamp_micros() as f64 / 1e6 + BROADCAST_TTL_SECONDS;
         let mut props = Map::new();
         props.insert("delivery_mode".into(), json!(2));
         props.insert(
