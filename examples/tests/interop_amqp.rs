@@ -8,7 +8,10 @@
 mod common;
 
 use std::process::Command;
+use std::time::Duration;
 
+use celeriac::{ResultError, TaskState};
+use celeriac_demo::{add, echo};
 use common::*;
 
 /// A vhost of its own for one test, deleted when dropped.
@@ -128,4 +131,83 @@ async fn both_directions_on_quorum_queues() {
             .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["celery", "quorum"]),
         "{queues}"
     );
+}
+
+fn assert_revoked_state(result: Result<celeriac::serde_json::Value, ResultError>) {
+    match result {
+        Err(ResultError::Task(e)) => assert_eq!(e.state, TaskState::Revoked, "{e:?}"),
+        other => panic!("expected REVOKED, got {other:?}"),
+    }
+}
+
+/// A revoke recorded on RabbitMQ outlives the worker: one task revoked while a worker runs
+/// (due after it stops), one revoked while no worker runs at all; the next worker discards
+/// both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoke_survives_a_celeriac_worker_restart_on_rabbitmq() {
+    let Some((e, _vhost)) = env(10, "revoke-restart") else {
+        return;
+    };
+    let app = rust_client(&e);
+    let first = rust_worker(&e, "celery", "");
+    let due_later = add::s(1, 2)
+        .countdown(Duration::from_secs(2))
+        .apply_async(&app)
+        .await
+        .unwrap();
+    due_later.revoke(false).await.unwrap();
+    let first_log = first.stop();
+    let offline = echo::s(Default::default(), Default::default())
+        .apply_async(&app)
+        .await
+        .unwrap();
+    offline.revoke(false).await.unwrap();
+    let second = rust_worker(&e, "celery", "");
+    for id in [due_later.id(), offline.id()] {
+        second.wait_for(&format!("[{id}] revoked: not run"));
+        let r: celeriac::AsyncResult<celeriac::serde_json::Value> =
+            celeriac::AsyncResult::new(app.clone(), id);
+        assert_revoked_state(r.get(WAIT).await);
+    }
+    let log = second.stop();
+    for id in [due_later.id(), offline.id()] {
+        assert_eq!(count(&log, id, "succeeded"), 0, "{log:#?}");
+        assert_eq!(count(&first_log, id, "succeeded"), 0, "{first_log:#?}");
+    }
+}
+
+/// celeriac's revoke reaches a running Python worker as Celery's `revoke` broadcast on
+/// `celery.pidbox`: the Python worker flags the id and discards the task when its ETA comes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn celeriac_revoke_reaches_a_python_worker() {
+    let Some((e, _vhost)) = env(5, "revoke-to-python") else {
+        return;
+    };
+    let py = python_worker(&e, "celery", "3600");
+    let app = rust_client(&e);
+    let revoked = add::s(5, 5)
+        .countdown(Duration::from_secs(2))
+        .apply_async(&app)
+        .await
+        .unwrap();
+    let kept = add::s(6, 6)
+        .countdown(Duration::from_secs(2))
+        .apply_async(&app)
+        .await
+        .unwrap();
+    revoked.revoke(false).await.unwrap();
+    py.wait_for(&format!("Tasks flagged as revoked: {}", revoked.id()));
+    assert_eq!(kept.get(WAIT).await.unwrap(), 12);
+    py.wait_for(&format!(
+        "Discarding revoked task: tasks.add[{}]",
+        revoked.id()
+    ));
+    assert_revoked_state(
+        celeriac::AsyncResult::<celeriac::serde_json::Value>::new(app.clone(), revoked.id())
+            .get(WAIT)
+            .await,
+    );
+    let log = py.stop();
+    assert_eq!(count(&log, revoked.id(), "succeeded"), 0, "{log:#?}");
+    assert_eq!(count(&log, kept.id(), "succeeded"), 1, "{log:#?}");
 }
