@@ -15,7 +15,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use futures_core::Stream;
@@ -44,6 +44,9 @@ const PREFETCH: u16 = 1000;
 const ACK_EVERY: u64 = 100;
 /// How long a reader waits for its mark to come back through the stream.
 const MARK_WAIT: Duration = Duration::from_secs(15);
+/// After the follower failed to start, callers get that error again, without a new
+/// connection attempt, for this long (a worker asks every 100 ms).
+const RETRY_START_AFTER: Duration = Duration::from_secs(5);
 
 /// The in-memory view of the stream, shared by the broker and its follower task.
 #[derive(Default)]
@@ -132,15 +135,22 @@ impl View {
 /// The revocation stream as one broker instance sees it.
 pub(crate) struct RevocationLog {
     view: Arc<Mutex<View>>,
+    follower: tokio::sync::Mutex<Follower>,
+}
+
+#[derive(Default)]
+struct Follower {
     /// Held while the follower runs; dropping it (with the broker) stops the follower.
-    follower: tokio::sync::Mutex<Option<oneshot::Sender<()>>>,
+    stop: Option<oneshot::Sender<()>>,
+    /// When and why the last start failed.
+    failed: Option<(Instant, ErrorKind, String)>,
 }
 
 impl RevocationLog {
     pub(crate) fn new() -> RevocationLog {
         RevocationLog {
             view: Arc::new(Mutex::new(View::default())),
-            follower: tokio::sync::Mutex::new(None),
+            follower: tokio::sync::Mutex::new(Follower::default()),
         }
     }
 
@@ -152,20 +162,28 @@ impl RevocationLog {
     /// declares first), or the error that kept it from doing so.
     pub(crate) async fn ensure_following(&self, url: &AmqpUrl) -> Result<(), BrokerError> {
         let mut follower = self.follower.lock().await;
-        if follower.as_ref().is_some_and(|stop| !stop.is_closed()) {
+        if follower.stop.as_ref().is_some_and(|stop| !stop.is_closed()) {
             return Ok(());
+        }
+        if let Some((at, kind, message)) = &follower.failed {
+            if at.elapsed() < RETRY_START_AFTER {
+                return Err(BrokerError::new(*kind, message.clone()));
+            }
         }
         let (stop_tx, stop_rx) = oneshot::channel();
         let (ready_tx, ready_rx) = oneshot::channel();
         tokio::spawn(follow(url.clone(), self.view.clone(), stop_rx, ready_tx));
-        match ready_rx.await {
+        let err = match ready_rx.await {
             Ok(Ok(())) => {
-                *follower = Some(stop_tx);
-                Ok(())
+                follower.stop = Some(stop_tx);
+                follower.failed = None;
+                return Ok(());
             }
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(unreachable(url, "the revocation follower stopped")),
-        }
+            Ok(Err(e)) => e,
+            Err(_) => unreachable(url, "the revocation follower stopped"),
+        };
+        follower.failed = Some((Instant::now(), err.kind(), err.message().to_string()));
+        Err(err)
     }
 
     /// Registers a wait for `mark`; the receiver fires when the follower passes it.
@@ -425,7 +443,7 @@ mod tests {
         assert_eq!(v.ids.len(), 3);
         let log = RevocationLog {
             view: Arc::new(Mutex::new(v)),
-            follower: tokio::sync::Mutex::new(None),
+            follower: tokio::sync::Mutex::new(Follower::default()),
         };
         let (all, cursor) = log.since(0);
         assert_eq!(all.len(), 3);

@@ -160,6 +160,8 @@ struct Shared {
 struct RevokedSet {
     cursor: u64,
     ids: HashSet<String>,
+    /// The last read failed (warned once, until a read succeeds again).
+    failing: bool,
 }
 
 impl Worker {
@@ -424,6 +426,9 @@ impl Shared {
         match revocations.revocations_since(cursor).await {
             Ok((items, next)) => {
                 let mut set = self.revoked.lock().unwrap_or_else(|p| p.into_inner());
+                if std::mem::take(&mut set.failing) {
+                    info!("reading revocations again");
+                }
                 set.cursor = next.max(set.cursor);
                 for r in items {
                     if r.terminate {
@@ -440,7 +445,15 @@ impl Shared {
                     set.ids.insert(r.task_id);
                 }
             }
-            Err(e) => warn!("could not read revocations: {e}"),
+            Err(e) => {
+                // Polled every `revoke_poll_interval`: one warning per outage, not per poll.
+                let mut set = self.revoked.lock().unwrap_or_else(|p| p.into_inner());
+                if !std::mem::replace(&mut set.failing, true) {
+                    warn!("could not read revocations (retrying quietly): {e}");
+                } else {
+                    debug!("could not read revocations: {e}");
+                }
+            }
         }
     }
 
