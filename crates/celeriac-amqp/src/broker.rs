@@ -41,6 +41,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// two); 64 KiB halves that. Bodies of any size still go through (split into frames); a
 /// properties/headers frame must fit in it (`?frame_max=131072` for bigger headers).
 const DEFAULT_FRAME_MAX: u32 = 65_536;
+/// Publishes queued on the channel per step of a batch (see `send_all`).
+const PUBLISH_CHUNK: usize = 256;
 
 /// Dead-letter bookkeeping headers (removed again when listing or requeueing).
 pub(crate) const DL_ID: &str = "x-celeriac-dead-letter-id";
@@ -250,42 +252,47 @@ impl Inner {
                 self.declare_on(link, q).await?;
             }
         }
-        // Pipelined: every publish is queued on the channel before any is awaited, so a batch
-        // costs one trip through lapin's I/O thread and one confirm round trip, not one each.
-        let mut sending: Vec<_> = out
-            .iter()
-            .map(|o| {
-                Box::pin(link.ch.basic_publish(
-                    o.exchange.as_str().into(),
-                    o.routing_key.as_str().into(),
-                    BasicPublishOptions::default(),
-                    &o.body,
-                    o.props.clone(),
-                ))
-            })
-            .collect();
-        let mut queued: Vec<Option<lapin::Result<PublisherConfirm>>> =
-            (0..sending.len()).map(|_| None).collect();
-        // The first poll of `basic_publish` takes the confirm sequence number and queues the
-        // frames; doing that under `order` keeps both in the same order across concurrent
-        // publishers (RabbitMQ numbers confirms by arrival), so a nack reaches its own caller.
-        std::future::poll_fn(|cx| {
-            let _order = link.order.lock().unwrap_or_else(|p| p.into_inner());
-            for (f, slot) in sending.iter_mut().zip(queued.iter_mut()) {
-                if let Poll::Ready(r) = f.as_mut().poll(cx) {
-                    *slot = Some(r);
-                }
-            }
-            Poll::Ready(())
-        })
-        .await;
+        // Pipelined: every publish is queued on the channel before any confirm is awaited, so
+        // a batch costs one confirm round trip, not one per message. Publishes are queued in
+        // chunks so that only one chunk of publish futures is alive at a time (their
+        // allocations are reused instead of piling up for the whole batch).
         let mut confirms = Vec::with_capacity(out.len());
-        for (f, slot) in sending.into_iter().zip(queued) {
-            let c = match slot {
-                Some(r) => r?,
-                None => f.await?,
-            };
-            confirms.push(c);
+        for chunk in out.chunks(PUBLISH_CHUNK) {
+            let mut sending: Vec<_> = chunk
+                .iter()
+                .map(|o| {
+                    Box::pin(link.ch.basic_publish(
+                        o.exchange.as_str().into(),
+                        o.routing_key.as_str().into(),
+                        BasicPublishOptions::default(),
+                        &o.body,
+                        o.props.clone(),
+                    ))
+                })
+                .collect();
+            let mut queued: Vec<Option<lapin::Result<PublisherConfirm>>> =
+                (0..sending.len()).map(|_| None).collect();
+            // The first poll of `basic_publish` takes the confirm sequence number and queues
+            // the frames; doing that under `order` keeps both in the same order across
+            // concurrent publishers (RabbitMQ numbers confirms by arrival), so a nack reaches
+            // its own caller.
+            std::future::poll_fn(|cx| {
+                let _order = link.order.lock().unwrap_or_else(|p| p.into_inner());
+                for (f, slot) in sending.iter_mut().zip(queued.iter_mut()) {
+                    if let Poll::Ready(r) = f.as_mut().poll(cx) {
+                        *slot = Some(r);
+                    }
+                }
+                Poll::Ready(())
+            })
+            .await;
+            for (f, slot) in sending.into_iter().zip(queued) {
+                let c = match slot {
+                    Some(r) => r?,
+                    None => f.await?,
+                };
+                confirms.push(c);
+            }
         }
         for c in confirms {
             match c.await? {
