@@ -92,8 +92,36 @@ pub(crate) struct Outgoing {
     pub routing_key: String,
     /// Task queue to declare first (its topology), if any.
     pub queue: Option<String>,
-    pub props: BasicProperties,
+    pub props: OutProps,
     pub body: Vec<u8>,
+}
+
+/// The AMQP properties of an [`Outgoing`], made anew for each attempt to send it (lapin takes
+/// them by value, and a failed attempt is retried).
+pub(crate) enum OutProps {
+    /// Built once, cloned per attempt (dead letters, revocations, the ETA ladder).
+    Built(BasicProperties),
+    /// A published task: built from its message per attempt, so the hot path builds the
+    /// headers table once instead of building it and cloning it. The message's body has
+    /// been moved to [`Outgoing::body`].
+    Task {
+        message: RawMessage,
+        priority: Option<u8>,
+        keep_expiration: bool,
+    },
+}
+
+impl OutProps {
+    fn make(&self) -> BasicProperties {
+        match self {
+            OutProps::Built(p) => p.clone(),
+            OutProps::Task {
+                message,
+                priority,
+                keep_expiration,
+            } => properties_for(message, *priority, *keep_expiration),
+        }
+    }
 }
 
 pub(crate) fn unreachable(url: &AmqpUrl, e: impl std::fmt::Display) -> BrokerError {
@@ -266,7 +294,7 @@ impl Inner {
                         o.routing_key.as_str().into(),
                         BasicPublishOptions::default(),
                         &o.body,
-                        o.props.clone(),
+                        o.props.make(),
                     ))
                 })
                 .collect();
@@ -354,28 +382,35 @@ impl Inner {
 
     /// The wire form of a publish: to the default exchange with routing key = queue, or,
     /// with a future `not_before`, into kombu's delay ladder (`celery_delayed_27`).
-    pub(crate) fn outgoing(&self, p: &Publish) -> Outgoing {
-        let body = p.message.body.clone();
-        let delay = p
-            .not_before
+    pub(crate) fn outgoing(&self, p: Publish) -> Outgoing {
+        let Publish {
+            queue,
+            priority,
+            not_before,
+            mut message,
+        } = p;
+        let body = std::mem::take(&mut message.body);
+        let delay = not_before
             .map(|t| delay_seconds(t, Utc::now()))
             .unwrap_or(0);
-        if delay > 0 {
-            Outgoing {
-                exchange: topology::level_name(DELAY_BITS - 1),
-                routing_key: topology::delayed_routing_key(delay, &p.queue),
-                queue: Some(p.queue.clone()),
-                props: properties_for(&p.message, p.priority, false),
-                body,
-            }
+        let (exchange, routing_key) = if delay > 0 {
+            (
+                topology::level_name(DELAY_BITS - 1),
+                topology::delayed_routing_key(delay, &queue),
+            )
         } else {
-            Outgoing {
-                exchange: String::new(),
-                routing_key: p.queue.clone(),
-                queue: Some(p.queue.clone()),
-                props: properties_for(&p.message, p.priority, true),
-                body,
-            }
+            (String::new(), queue.clone())
+        };
+        Outgoing {
+            exchange,
+            routing_key,
+            queue: Some(queue),
+            props: OutProps::Task {
+                message,
+                priority,
+                keep_expiration: delay == 0,
+            },
+            body,
         }
     }
 
@@ -477,12 +512,15 @@ impl Broker for AmqpBroker {
     }
 
     async fn publish(&self, message: Publish) -> Result<(), BrokerError> {
-        let out = self.inner.outgoing(&message);
+        let out = self.inner.outgoing(message);
         self.inner.send(std::slice::from_ref(&out)).await
     }
 
     async fn publish_batch(&self, messages: Vec<Publish>) -> Result<(), BrokerError> {
-        let out: Vec<_> = messages.iter().map(|m| self.inner.outgoing(m)).collect();
+        let out: Vec<_> = messages
+            .into_iter()
+            .map(|m| self.inner.outgoing(m))
+            .collect();
         self.inner.send(&out).await
     }
 
@@ -642,7 +680,7 @@ pub(crate) fn dead_letter_outgoing(queue: &str, reason: &str, msg: &RawMessage) 
         exchange: String::new(),
         routing_key: DEAD_LETTERS.into(),
         queue: None,
-        props: properties_for(&m, priority, false),
+        props: OutProps::Built(properties_for(&m, priority, false)),
         body: m.body,
     }
 }
@@ -725,7 +763,7 @@ impl DeadLetters for AmqpBroker {
                 exchange: String::new(),
                 routing_key: d.queue.clone(),
                 queue: Some(d.queue.clone()),
-                props: properties_for(&d.message, priority, true),
+                props: OutProps::Built(properties_for(&d.message, priority, true)),
                 body: d.message.body.clone(),
             };
             self.inner.send(std::slice::from_ref(&out)).await?;

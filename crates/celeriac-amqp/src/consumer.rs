@@ -26,7 +26,7 @@ use tracing::{debug, info, warn};
 use celeriac_core::broker::{Consumer, ConsumerSpec, Delivery, DeliveryTag};
 use celeriac_core::{BrokerError, ErrorKind};
 
-use crate::broker::{connect, dead_letter_outgoing, delay_seconds, Inner, Outgoing};
+use crate::broker::{connect, dead_letter_outgoing, delay_seconds, Inner, OutProps, Outgoing};
 use crate::codec::{parse_time, properties_for, raw_message};
 use crate::topology::{self, DELAY_BITS};
 
@@ -168,7 +168,7 @@ impl Core {
                 exchange: topology::level_name(DELAY_BITS - 1),
                 routing_key: topology::delayed_routing_key(delay, queue),
                 queue: Some(queue.to_string()),
-                props: properties_for(&message, priority, false),
+                props: OutProps::Built(properties_for(&message, priority, false)),
                 body: message.body.clone(),
             };
             match self.broker.send(std::slice::from_ref(&out)).await {

@@ -32,7 +32,7 @@ use celeriac_core::json::to_python_json;
 use celeriac_core::time::from_millis;
 use celeriac_core::{BrokerError, ErrorKind};
 
-use crate::broker::{connect, is_refusal, unreachable, Inner, Outgoing};
+use crate::broker::{connect, is_refusal, unreachable, Inner, OutProps, Outgoing};
 use crate::topology::{self, PIDBOX_EXCHANGE, REVOCATIONS};
 use crate::url::AmqpUrl;
 
@@ -80,7 +80,7 @@ fn mark_message(mark: &str) -> Outgoing {
         exchange: String::new(),
         routing_key: REVOCATIONS.into(),
         queue: None,
-        props: json_properties(),
+        props: OutProps::Built(json_properties()),
         body: record_body(&[], false, mark),
     }
 }
@@ -227,14 +227,14 @@ impl RevocationLog {
                 exchange: String::new(),
                 routing_key: REVOCATIONS.into(),
                 queue: None,
-                props: json_properties(),
+                props: OutProps::Built(json_properties()),
                 body: record_body(task_ids, terminate, mark),
             },
             Outgoing {
                 exchange: PIDBOX_EXCHANGE.into(),
                 routing_key: String::new(),
                 queue: None,
-                props: json_properties().with_priority(0).with_headers(headers),
+                props: OutProps::Built(json_properties().with_priority(0).with_headers(headers)),
                 body: broadcast.into_bytes(),
             },
         ]
