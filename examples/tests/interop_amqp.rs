@@ -1,17 +1,20 @@
-//! Interop with real Python Celery 5.7 on RabbitMQ, both directions, results through the
-//! Redis backend, using the demo app (examples/demo) and its Python twin
-//! (tests/interop/pyapp.py).
+//! RabbitMQ end to end: interop with real Python Celery 5.7, both directions, results through
+//! the Redis backend, using the demo app (examples/demo) and its Python twin
+//! (tests/interop/pyapp.py); and celeriac worker processes through revokes and network cuts.
 //!
 //! Needs `CELERIAC_TEST_AMQP_URL` and `CELERIAC_TEST_REDIS_URL` (skipped with a message when
 //! either is unset), `rabbitmqctl` (each test gets its own vhost), and the interop Python.
 
 mod common;
 
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
 use std::process::Command;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use celeriac::{ResultError, TaskState};
-use celeriac_demo::{add, echo};
+use celeriac_demo::{add, echo, sleep};
 use common::*;
 
 /// A vhost of its own for one test, deleted when dropped.
@@ -210,4 +213,88 @@ async fn celeriac_revoke_reaches_a_python_worker() {
     let log = py.stop();
     assert_eq!(count(&log, revoked.id(), "succeeded"), 0, "{log:#?}");
     assert_eq!(count(&log, kept.id(), "succeeded"), 1, "{log:#?}");
+}
+
+/// A TCP proxy to RabbitMQ whose connections the test can cut (both directions shut down,
+/// as when a network path dies).
+struct CutProxy {
+    port: u16,
+    conns: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl CutProxy {
+    fn start(target: String) -> CutProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind a local port");
+        let port = listener.local_addr().unwrap().port();
+        let conns: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+        let open = conns.clone();
+        std::thread::spawn(move || {
+            for inbound in listener.incoming().map_while(Result::ok) {
+                let Ok(outbound) = TcpStream::connect(&target) else {
+                    continue;
+                };
+                let mut open = open.lock().unwrap();
+                for (from, to) in [(&inbound, &outbound), (&outbound, &inbound)] {
+                    let (mut from, mut to) = (from.try_clone().unwrap(), to.try_clone().unwrap());
+                    std::thread::spawn(move || {
+                        let mut buf = [0u8; 16384];
+                        while let Ok(n) = from.read(&mut buf) {
+                            if n == 0 || to.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
+                        let _ = to.shutdown(Shutdown::Both);
+                    });
+                }
+                open.push(inbound);
+                open.push(outbound);
+            }
+        });
+        CutProxy { port, conns }
+    }
+
+    fn cut(&self) {
+        for s in self.conns.lock().unwrap().drain(..) {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+/// A celeriac worker reaching RabbitMQ through a proxy loses its connections while late-ack
+/// tasks run: it reconnects, the tasks whose acks were lost come back marked redelivered and
+/// are not run again (their result is already stored), nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn network_cut_under_a_worker_loses_nothing_and_runs_nothing_twice() {
+    let Some((e, _vhost)) = env(4, "network-cut") else {
+        return;
+    };
+    let (scheme_host, vhost) = e.broker.rsplit_once('/').expect("broker URL has a vhost");
+    let host_port = scheme_host.rsplit('@').next().unwrap().to_string();
+    let proxy = CutProxy::start(host_port);
+    let through_proxy = Env {
+        broker: format!("amqp://guest:guest@127.0.0.1:{}/{vhost}", proxy.port),
+        backend: e.backend.clone(),
+    };
+    let worker = rust_worker(&through_proxy, "celery", "");
+    let app = rust_client(&e);
+    let mut results = Vec::new();
+    for _ in 0..12 {
+        results.push(sleep::delay(&app, 0.6).await.unwrap());
+    }
+    // Cut while the first tasks (-c 4) run: they finish and store SUCCESS, but their acks
+    // go nowhere, and RabbitMQ hands their messages back, possibly while they still run.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.cut();
+    for r in &results {
+        assert_eq!(r.get(WAIT).await.unwrap(), 0.6);
+    }
+    let log = worker.stop();
+    for r in &results {
+        assert_eq!(count(&log, r.id(), "succeeded"), 1, "{}: {log:#?}", r.id());
+    }
+    assert!(
+        log.iter()
+            .any(|l| l.contains("redelivered but already SUCCESS: not run again")),
+        "the cut sent no finished task back: {log:#?}"
+    );
 }

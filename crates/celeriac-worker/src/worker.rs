@@ -18,7 +18,7 @@ use celeriac_core::task::{TaskContext, TaskError, TaskOptions};
 use celeriac_core::{Broker, BrokerError, Consumer, Delivery, DeliveryTag, ResultBackend};
 use chrono::Utc;
 use serde_json::json;
-use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, Notify, Semaphore};
 use tokio::task::JoinSet;
 use tracing::{debug, error, info, warn};
 
@@ -151,6 +151,11 @@ struct Shared {
     slots: Semaphore,
     revoked: Mutex<RevokedSet>,
     running: Mutex<HashMap<String, oneshot::Sender<StopReason>>>,
+    /// Task ids of the deliveries this worker handles (waiting or running), each until its
+    /// result is stored, with how many copies.
+    in_hand: Mutex<HashMap<String, usize>>,
+    /// Notified whenever an id leaves `in_hand`.
+    released: Notify,
     acks: mpsc::UnboundedSender<DeliveryTag>,
     phase: watch::Receiver<Phase>,
     counters: Arc<Counters>,
@@ -259,6 +264,8 @@ impl Worker {
             slots: Semaphore::new(config.concurrency.max(1)),
             revoked: Mutex::new(RevokedSet::default()),
             running: Mutex::new(HashMap::new()),
+            in_hand: Mutex::new(HashMap::new()),
+            released: Notify::new(),
             acks: ack_tx,
             phase: self.phase.subscribe(),
             counters: self.counters.clone(),
@@ -559,6 +566,15 @@ impl Shared {
     ) -> Settle {
         let h = &msg.headers;
         debug!(task_id = %h.id, "Task {}[{}] received", h.task, h.id);
+        let mut phase = self.phase.clone();
+        let draining = |p: &Phase| *p != Phase::Running;
+        // A connection lost while this worker holds messages (AMQP) hands them back while the
+        // first copies still wait or run here: the new copy waits for the first to finish and
+        // store its result, then is settled by the check below instead of running again.
+        if delivery.redelivered && !self.wait_not_in_hand(&h.id, &mut phase).await {
+            return Settle::Requeue;
+        }
+        let _in_hand = InHand::enter(self, &h.id);
         if h.expires.is_some_and(|t| t <= Utc::now()) {
             info!(task_id = %h.id, "Task {}[{}] expired: not run", h.task, h.id);
             self.counters.revoked.fetch_add(1, Ordering::Relaxed);
@@ -571,8 +587,6 @@ impl Shared {
         if delivery.redelivered && self.already_finished(h).await {
             return Settle::Ack;
         }
-        let mut phase = self.phase.clone();
-        let draining = |p: &Phase| *p != Phase::Running;
 
         // Brokers without delayed delivery hand over ETA tasks early: hold them here.
         if let Some(eta) = h.eta.filter(|eta| *eta > Utc::now()) {
@@ -759,6 +773,32 @@ impl Shared {
         }
     }
 
+    /// Waits while another delivery of task `id` is in this worker's hands; false when the
+    /// worker started shutting down meanwhile.
+    async fn wait_not_in_hand(&self, id: &str, phase: &mut watch::Receiver<Phase>) -> bool {
+        let in_hand = || {
+            self.in_hand
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains_key(id)
+        };
+        if !in_hand() {
+            return true;
+        }
+        info!(task_id = %id, "Task {id} redelivered while a copy is in hand here: waiting for it");
+        loop {
+            // Registered before the check, so a release in between is not missed.
+            let released = self.released.notified();
+            if !in_hand() {
+                return true;
+            }
+            tokio::select! {
+                _ = released => {}
+                _ = phase.wait_for(|p| *p != Phase::Running) => return false,
+            }
+        }
+    }
+
     /// A message delivered again (its ack was lost with a connection, or its worker died
     /// after storing the result) whose task already has a final state is not run twice.
     async fn already_finished(&self, h: &celeriac_core::message::TaskHeaders) -> bool {
@@ -870,4 +910,44 @@ impl Shared {
 
 fn secs(s: f64) -> Option<Duration> {
     (s.is_finite() && s > 0.0).then(|| Duration::from_secs_f64(s))
+}
+
+/// Counts a delivery of a task id as in this worker's hands until dropped (after its result
+/// is stored).
+struct InHand<'a> {
+    shared: &'a Shared,
+    id: String,
+}
+
+impl<'a> InHand<'a> {
+    fn enter(shared: &'a Shared, id: &str) -> InHand<'a> {
+        *shared
+            .in_hand
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(id.to_string())
+            .or_default() += 1;
+        InHand {
+            shared,
+            id: id.to_string(),
+        }
+    }
+}
+
+impl Drop for InHand<'_> {
+    fn drop(&mut self) {
+        let mut in_hand = self
+            .shared
+            .in_hand
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = in_hand.get_mut(&self.id) {
+            *n -= 1;
+            if *n == 0 {
+                in_hand.remove(&self.id);
+            }
+        }
+        drop(in_hand);
+        self.shared.released.notify_waiters();
+    }
 }
