@@ -262,7 +262,8 @@ impl CutProxy {
 
 /// A celeriac worker reaching RabbitMQ through a proxy loses its connections while late-ack
 /// tasks run: it reconnects, the tasks whose acks were lost come back marked redelivered and
-/// are not run again (their result is already stored), nothing is lost.
+/// are not run again (their result is already stored), nothing is lost, and revokes reach it
+/// again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn network_cut_under_a_worker_loses_nothing_and_runs_nothing_twice() {
     let Some((e, _vhost)) = env(4, "network-cut") else {
@@ -288,10 +289,19 @@ async fn network_cut_under_a_worker_loses_nothing_and_runs_nothing_twice() {
     for r in &results {
         assert_eq!(r.get(WAIT).await.unwrap(), 0.6);
     }
+    // The worker's revocation follower was cut too: it follows the stream again.
+    let revoked = add::s(1, 1)
+        .countdown(Duration::from_secs(1))
+        .apply_async(&app)
+        .await
+        .unwrap();
+    revoked.revoke(false).await.unwrap();
+    worker.wait_for(&format!("[{}] revoked: not run", revoked.id()));
     let log = worker.stop();
     for r in &results {
         assert_eq!(count(&log, r.id(), "succeeded"), 1, "{}: {log:#?}", r.id());
     }
+    assert_eq!(count(&log, revoked.id(), "succeeded"), 0, "{log:#?}");
     assert!(
         log.iter()
             .any(|l| l.contains("redelivered but already SUCCESS: not run again")),
