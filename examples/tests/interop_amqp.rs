@@ -282,9 +282,10 @@ async fn network_cut_under_a_worker_loses_nothing_and_runs_nothing_twice() {
     for _ in 0..12 {
         results.push(sleep::delay(&app, 0.6).await.unwrap());
     }
-    // Cut while the first tasks (-c 4) run: they finish and store SUCCESS, but their acks
-    // go nowhere, and RabbitMQ hands their messages back, possibly while they still run.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Cut as the first task finishes: with -c 4, eight or more are still held (running or
+    // waiting for a slot), their acks will go nowhere, and RabbitMQ hands their messages back
+    // while the first copies are still here.
+    worker.wait_for("succeeded in");
     proxy.cut();
     for r in &results {
         assert_eq!(r.get(WAIT).await.unwrap(), 0.6);
