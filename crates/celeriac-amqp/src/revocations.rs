@@ -260,9 +260,7 @@ impl RevocationLog {
         // Past everything read so far (marks included), never backwards.
         (out, cursor.max(view.resume_at.unwrap_or(0)))
     }
-}
 
-impl RevocationLog {
     /// Publishes `out`, whose stream record carries `mark`, and waits until the follower
     /// has read that record back.
     pub(crate) async fn publish_and_wait(
