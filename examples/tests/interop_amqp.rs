@@ -9,40 +9,15 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use celeriac::{ResultError, TaskState};
 use celeriac_demo::{add, echo, sleep};
+use celeriac_testkit::rabbitmq::{rabbitmqctl, TestVhost};
 use common::*;
 
-/// A vhost of its own for one test, deleted when dropped.
-struct Vhost {
-    name: String,
-}
-
-impl Drop for Vhost {
-    fn drop(&mut self) {
-        let _ = Command::new("rabbitmqctl")
-            .args(["delete_vhost", &self.name])
-            .output();
-    }
-}
-
-fn rabbitmqctl(args: &[&str]) {
-    let out = Command::new("rabbitmqctl")
-        .args(args)
-        .output()
-        .expect("rabbitmqctl runs");
-    assert!(
-        out.status.success(),
-        "rabbitmqctl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn env(db: u8, test: &str) -> Option<(Env, Vhost)> {
+fn env(db: u8, test: &str) -> Option<(Env, TestVhost)> {
     let (Ok(amqp), Ok(redis_url)) = (
         std::env::var("CELERIAC_TEST_AMQP_URL"),
         std::env::var("CELERIAC_TEST_REDIS_URL"),
@@ -53,25 +28,11 @@ fn env(db: u8, test: &str) -> Option<(Env, Vhost)> {
         return None;
     };
     require_python(test);
-    let vhost = Vhost {
-        name: format!("celeriac-interop-{test}-{}", std::process::id()),
-    };
-    let _ = Command::new("rabbitmqctl")
-        .args(["delete_vhost", &vhost.name])
-        .output();
-    rabbitmqctl(&["add_vhost", &vhost.name]);
-    let (scheme, rest) = amqp
-        .split_once("://")
-        .expect("CELERIAC_TEST_AMQP_URL is a URL");
-    let authority = rest.split('/').next().unwrap_or(rest);
-    let user = authority
-        .split('@')
-        .next()
-        .and_then(|a| a.split(':').next())
-        .filter(|_| authority.contains('@'))
-        .unwrap_or("guest");
-    rabbitmqctl(&["set_permissions", "-p", &vhost.name, user, ".*", ".*", ".*"]);
-    let broker = format!("{scheme}://{authority}/{}", vhost.name);
+    let name = format!("celeriac-interop-{test}-{}", std::process::id());
+    let vhost = TestVhost::create(&amqp, &name).unwrap_or_else(|| {
+        panic!("{test}: rabbitmqctl could not create vhost {name} (the tests need it)")
+    });
+    let broker = vhost.url.clone();
 
     let (rscheme, rrest) = redis_url
         .split_once("://")
@@ -123,11 +84,8 @@ async fn both_directions_on_quorum_queues() {
     e.broker.push_str("?queue_type=quorum");
     drop(python_calls_celeriac_worker(&e));
     celeriac_calls_python_worker(&e).await;
-    let out = Command::new("rabbitmqctl")
-        .args(["list_queues", "-p", &vhost.name, "-q", "name", "type"])
-        .output()
-        .expect("rabbitmqctl runs");
-    let queues = String::from_utf8_lossy(&out.stdout);
+    let queues = rabbitmqctl(&["list_queues", "-p", &vhost.name, "-q", "name", "type"])
+        .expect("rabbitmqctl lists queues");
     assert!(
         queues
             .lines()

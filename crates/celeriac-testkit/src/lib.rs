@@ -4,6 +4,7 @@
 //! - [`broker_suite`]: the [`Broker`](celeriac_core::broker::Broker) /
 //!   [`Consumer`](celeriac_core::broker::Consumer) contract and its capabilities.
 //! - [`backend_suite`]: the [`ResultBackend`](celeriac_core::backend::ResultBackend) contract.
+//! - [`rabbitmq`]: vhosts of their own for tests against RabbitMQ.
 //!
 //! The suites only ever talk to `Arc<dyn Broker>` / `Arc<dyn ResultBackend>`. An engine plugs
 //! in with a factory: an async function that opens a fresh, isolated store (temp file, key
@@ -44,6 +45,7 @@ use std::time::{Duration, Instant};
 
 pub mod backend_suite;
 pub mod broker_suite;
+pub mod rabbitmq;
 
 /// A boxed, sendable future (the suites avoid depending on the `futures` crate).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

@@ -9,48 +9,25 @@
 //! that ask for a short visibility timeout are skipped; celeriac-amqp's own tests cover
 //! redelivery when a consumer's connection dies, is dropped or is closed.
 
-use std::process::Command;
 use std::sync::{Arc, OnceLock};
 
 use celeriac_amqp::AmqpBroker;
 use celeriac_core::broker::Broker;
+use celeriac_testkit::rabbitmq::TestVhost;
 use celeriac_testkit::{FactoryOptions, Instance, Skip};
 
 const URL_VAR: &str = "CELERIAC_TEST_AMQP_URL";
 const VHOST: &str = "celeriac-conformance";
 
 /// `base` moved to this run's own vhost, recreated once per test process (dropping what an
-/// earlier run left there); `base` itself when `rabbitmqctl` is not usable here.
+/// earlier run left there, and kept after it: a static is never dropped); `base` itself when
+/// `rabbitmqctl` is not usable here.
 fn conformance_url(base: &str) -> String {
-    static URL: OnceLock<String> = OnceLock::new();
-    URL.get_or_init(|| {
-        let ctl = |args: &[&str]| {
-            Command::new("rabbitmqctl")
-                .args(args)
-                .output()
-                .is_ok_and(|o| o.status.success())
-        };
-        let Some((scheme, rest)) = base.split_once("://") else {
-            return base.to_string();
-        };
-        let (before_query, query) = match rest.split_once('?') {
-            Some((r, q)) => (r, format!("?{q}")),
-            None => (rest, String::new()),
-        };
-        let authority = before_query.split('/').next().unwrap_or(before_query);
-        let user = match authority.rsplit_once('@') {
-            Some((auth, _)) => auth.split(':').next().unwrap_or("guest"),
-            None => "guest",
-        };
-        ctl(&["delete_vhost", VHOST]);
-        if !(ctl(&["add_vhost", VHOST])
-            && ctl(&["set_permissions", "-p", VHOST, user, ".*", ".*", ".*"]))
-        {
-            return base.to_string();
-        }
-        format!("{scheme}://{authority}/{VHOST}{query}")
-    })
-    .clone()
+    static VHOST_OF_RUN: OnceLock<Option<TestVhost>> = OnceLock::new();
+    VHOST_OF_RUN
+        .get_or_init(|| TestVhost::create(base, VHOST))
+        .as_ref()
+        .map_or_else(|| base.to_string(), |v| v.url.clone())
 }
 
 async fn amqp_broker(opts: FactoryOptions) -> Result<Instance<dyn Broker>, Skip> {
