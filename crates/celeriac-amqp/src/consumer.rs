@@ -26,8 +26,11 @@ use tracing::{debug, info, warn};
 use celeriac_core::broker::{Consumer, ConsumerSpec, Delivery, DeliveryTag};
 use celeriac_core::{BrokerError, ErrorKind};
 
-use crate::broker::{connect, dead_letter_outgoing, delay_seconds, Inner, OutProps, Outgoing};
 use crate::codec::{parse_time, properties_for, raw_message};
+use crate::session::{
+    connect, dead_letter_outgoing, delay_seconds, is_refusal, unreachable, Declare, OutProps,
+    Outgoing, Session,
+};
 use crate::topology::{self, DELAY_BITS};
 
 /// How often an idle pull-mode (`prefetch == 0`) consumer asks again.
@@ -38,7 +41,7 @@ pub struct AmqpConsumer {
 }
 
 pub(crate) struct Core {
-    broker: Arc<Inner>,
+    session: Arc<Session>,
     queues: Vec<String>,
     name: String,
     prefetch: u16,
@@ -167,11 +170,11 @@ impl Core {
             let out = Outgoing {
                 exchange: topology::level_name(DELAY_BITS - 1),
                 routing_key: topology::delayed_routing_key(delay, queue),
-                queue: Some(queue.to_string()),
+                declare: Declare::Delayed(queue.to_string()),
                 props: OutProps::Built(properties_for(&message, priority, false)),
                 body: message.body.clone(),
             };
-            match self.broker.send(std::slice::from_ref(&out)).await {
+            match self.session.send(std::slice::from_ref(&out)).await {
                 Ok(()) => {
                     // Crash window: between the confirm above and this ack, a crash leaves
                     // the message both in the ladder and (redelivered) in the queue.
@@ -226,7 +229,7 @@ impl Core {
                         st.failing = false;
                         info!(
                             "RabbitMQ at {} reachable again: consumer {} consuming {:?}",
-                            core.broker.url.place(),
+                            core.session.url.place(),
                             core.name,
                             core.queues
                         );
@@ -248,17 +251,18 @@ impl Core {
     }
 
     async fn open_link(self: &Arc<Self>) -> Result<(CLink, u64), BrokerError> {
-        let url = &self.broker.url;
+        let url = &self.session.url;
         let conn = connect(url, &format!("celeriac consumer {}", self.name)).await?;
         let conn = Arc::new(conn);
-        let fail = |e: lapin::Error| crate::broker::unreachable(url, e);
+        let fail = |e: lapin::Error| unreachable(url, e);
         let ch = conn.create_channel().await.map_err(fail)?;
         for q in &self.queues {
-            if let Err(e) = topology::declare_delivery_exchange(&ch).await {
-                return Err(fail(e));
-            }
-            if let Err(e) = topology::declare_task_queue(&ch, url, q).await {
-                return Err(if crate::broker::is_refusal(&e) {
+            let declared = async {
+                topology::declare_task_queue(&ch, url, q).await?;
+                topology::bind_delayed_delivery(&ch, q).await
+            };
+            if let Err(e) = declared.await {
+                return Err(if is_refusal(&e) {
                     BrokerError::new(
                         ErrorKind::InvalidConfig,
                         format!("queue {q:?} exists with other arguments than celeriac's: {e}"),
@@ -267,7 +271,7 @@ impl Core {
                     fail(e)
                 });
             }
-            self.broker.remember(q);
+            self.session.remember(q);
         }
         // New generation: anything of the old one is stale from here on.
         let gen = {
@@ -446,8 +450,12 @@ impl Core {
 }
 
 impl AmqpConsumer {
+    pub(crate) fn core(&self) -> &Arc<Core> {
+        &self.core
+    }
+
     pub(crate) async fn start(
-        broker: Arc<Inner>,
+        session: Arc<Session>,
         spec: ConsumerSpec,
     ) -> Result<AmqpConsumer, BrokerError> {
         if spec.queues.is_empty() {
@@ -457,7 +465,7 @@ impl AmqpConsumer {
             ));
         }
         let core = Arc::new(Core {
-            broker: broker.clone(),
+            session,
             queues: spec.queues.clone(),
             name: spec.name.clone(),
             prefetch: spec.prefetch.min(usize::from(u16::MAX)) as u16,
@@ -485,7 +493,6 @@ impl AmqpConsumer {
                 st.link = Some(link);
             }
         }
-        broker.register(&core);
         Ok(AmqpConsumer { core })
     }
 }
@@ -617,7 +624,7 @@ impl Consumer for AmqpConsumer {
             return Ok(());
         };
         let out = dead_letter_outgoing(&queue, reason, &message);
-        self.core.broker.send(std::slice::from_ref(&out)).await?;
+        self.core.session.send(std::slice::from_ref(&out)).await?;
         self.ack(std::slice::from_ref(tag)).await
     }
 

@@ -4,7 +4,9 @@
 mod broker;
 mod codec;
 mod consumer;
+mod dead_letters;
 mod revocations;
+mod session;
 mod topology;
 mod url;
 

@@ -32,7 +32,7 @@ use celeriac_core::json::to_python_json;
 use celeriac_core::time::from_millis;
 use celeriac_core::{BrokerError, ErrorKind};
 
-use crate::broker::{connect, is_refusal, unreachable, Inner, OutProps, Outgoing};
+use crate::session::{connect, is_refusal, unreachable, Declare, OutProps, Outgoing, Session};
 use crate::topology::{self, PIDBOX_EXCHANGE, REVOCATIONS};
 use crate::url::AmqpUrl;
 
@@ -79,7 +79,7 @@ fn mark_message(mark: &str) -> Outgoing {
     Outgoing {
         exchange: String::new(),
         routing_key: REVOCATIONS.into(),
-        queue: None,
+        declare: Declare::Nothing,
         props: OutProps::Built(json_properties()),
         body: record_body(&[], false, mark),
     }
@@ -186,6 +186,11 @@ impl RevocationLog {
         Err(err)
     }
 
+    /// Stops the follower (it closes its connection); a later read starts it again.
+    pub(crate) async fn stop_following(&self) {
+        self.follower.lock().await.stop.take();
+    }
+
     /// Registers a wait for `mark`; the receiver fires when the follower passes it.
     fn expect(&self, mark: &str) -> oneshot::Receiver<()> {
         let (tx, rx) = oneshot::channel();
@@ -226,14 +231,14 @@ impl RevocationLog {
             Outgoing {
                 exchange: String::new(),
                 routing_key: REVOCATIONS.into(),
-                queue: None,
+                declare: Declare::Nothing,
                 props: OutProps::Built(json_properties()),
                 body: record_body(task_ids, terminate, mark),
             },
             Outgoing {
                 exchange: PIDBOX_EXCHANGE.into(),
                 routing_key: String::new(),
-                queue: None,
+                declare: Declare::CeleryExchanges,
                 props: OutProps::Built(json_properties().with_priority(0).with_headers(headers)),
                 body: broadcast.into_bytes(),
             },
@@ -265,23 +270,23 @@ impl RevocationLog {
     /// has read that record back.
     pub(crate) async fn publish_and_wait(
         &self,
-        inner: &Inner,
+        session: &Session,
         out: &[Outgoing],
         mark: &str,
     ) -> Result<(), BrokerError> {
-        self.ensure_following(&inner.url).await?;
+        self.ensure_following(&session.url).await?;
         let rx = self.expect(mark);
-        if let Err(e) = inner.send(out).await {
+        if let Err(e) = session.send(out).await {
             self.view().waiting.remove(mark);
             return Err(e);
         }
-        self.wait_for(&inner.url, mark, rx).await
+        self.wait_for(&session.url, mark, rx).await
     }
 
     /// Makes the view current: everything recorded before this call has been read.
-    pub(crate) async fn sync(&self, inner: &Inner) -> Result<(), BrokerError> {
+    pub(crate) async fn sync(&self, session: &Session) -> Result<(), BrokerError> {
         let mark = uuid::Uuid::new_v4().to_string();
-        self.publish_and_wait(inner, &[mark_message(&mark)], &mark)
+        self.publish_and_wait(session, &[mark_message(&mark)], &mark)
             .await
     }
 }

@@ -72,8 +72,7 @@ pub fn task_queue_arguments(url: &AmqpUrl) -> FieldTable {
 }
 
 /// A task queue as Celery declares it: durable direct exchange named after the queue,
-/// durable queue, binding with routing key = queue name; plus the binding from kombu's
-/// delayed-delivery exchange so messages leaving the delay ladder land here.
+/// durable queue, binding with routing key = queue name.
 pub async fn declare_task_queue(ch: &Channel, url: &AmqpUrl, queue: &str) -> lapin::Result<()> {
     ch.exchange_declare(
         queue.into(),
@@ -98,7 +97,13 @@ pub async fn declare_task_queue(ch: &Channel, url: &AmqpUrl, queue: &str) -> lap
         QueueBindOptions::default(),
         FieldTable::default(),
     )
-    .await?;
+    .await
+}
+
+/// The binding from kombu's delayed-delivery exchange to a task queue, so messages leaving
+/// the delay ladder land there (Celery's worker makes it for the queues it consumes).
+pub async fn bind_delayed_delivery(ch: &Channel, queue: &str) -> lapin::Result<()> {
+    declare_delivery_exchange(ch).await?;
     ch.queue_bind(
         queue.into(),
         DELAYED_DELIVERY.into(),
@@ -106,8 +111,7 @@ pub async fn declare_task_queue(ch: &Channel, url: &AmqpUrl, queue: &str) -> lap
         QueueBindOptions::default(),
         FieldTable::default(),
     )
-    .await?;
-    Ok(())
+    .await
 }
 
 /// kombu's `declare_native_delayed_delivery_exchanges_and_queues` with `queue_type='quorum'`
@@ -227,7 +231,7 @@ pub async fn declare_celery_exchanges(ch: &Channel) -> lapin::Result<()> {
 }
 
 /// celeriac's dead-letter queue (durable classic).
-pub async fn declare_celeriac_queues(ch: &Channel) -> lapin::Result<()> {
+pub async fn declare_dead_letter_queue(ch: &Channel) -> lapin::Result<()> {
     ch.queue_declare(
         DEAD_LETTERS.into(),
         QueueDeclareOptions {

@@ -6,6 +6,10 @@
 //! - `queue_type=quorum|classic`: task queues are declared with `x-queue-type: quorum`
 //!   (Celery's `task_default_queue_type`); `classic` (default) declares no argument.
 //! - `heartbeat=SECONDS`: passed to the server as the AMQP heartbeat.
+//! - `confirm_publish=true|false` (kombu's transport option): with `false`, publishes are
+//!   fire-and-forget as Celery's by default: no publisher confirms, so a publish returns once
+//!   its frames are written and a message lost in the broker's crash goes unnoticed. The
+//!   default (`true`) waits for RabbitMQ's confirm of every publish.
 //!
 //! Other query options (lapin's `frame_max`, `channel_max`, ...) are passed through.
 
@@ -20,6 +24,8 @@ pub struct AmqpUrl {
     pub vhost: String,
     pub max_priority: Option<u8>,
     pub quorum: bool,
+    /// Wait for publisher confirms (`confirm_publish`, default true).
+    pub confirm_publish: bool,
     /// What lapin connects to: the URL without celeriac's own options.
     pub(crate) connect_uri: String,
     /// The URL with the password hidden.
@@ -102,6 +108,7 @@ impl AmqpUrl {
         };
         let mut max_priority = None;
         let mut quorum = false;
+        let mut confirm_publish = true;
         let mut passthrough = Vec::new();
         for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
@@ -120,6 +127,18 @@ impl AmqpUrl {
                             return Err(invalid(
                                 url,
                                 format!("queue_type={other:?} is not quorum or classic"),
+                            ))
+                        }
+                    }
+                }
+                "confirm_publish" => {
+                    confirm_publish = match v.to_ascii_lowercase().as_str() {
+                        "true" | "1" | "yes" | "on" | "" => true,
+                        "false" | "0" | "no" | "off" => false,
+                        other => {
+                            return Err(invalid(
+                                url,
+                                format!("confirm_publish={other:?} is not true or false"),
                             ))
                         }
                     }
@@ -158,6 +177,7 @@ impl AmqpUrl {
             vhost,
             max_priority,
             quorum,
+            confirm_publish,
             connect_uri,
             display: redact(url),
         })
@@ -193,6 +213,11 @@ mod tests {
         assert_eq!(u.vhost, "/");
         let u = AmqpUrl::parse("amqp://h/v?queue_type=quorum").unwrap();
         assert!(u.quorum);
+        assert!(u.confirm_publish, "confirms are the default");
+        let u = AmqpUrl::parse("amqp://h/v?confirm_publish=false&heartbeat=5").unwrap();
+        assert!(!u.confirm_publish);
+        assert_eq!(u.connect_uri, "amqp://guest:guest@h:5672/v?heartbeat=5");
+        assert!(AmqpUrl::parse("amqp://h/v?confirm_publish=maybe").is_err());
         assert!(AmqpUrl::parse("redis://h").is_err());
         let e = AmqpUrl::parse("amqp://u:hunter2@h:x/v").unwrap_err();
         assert!(!e.to_string().contains("hunter2"));

@@ -132,6 +132,80 @@ async fn ready_count(b: &Arc<AmqpBroker>, q: &str) -> u64 {
         .ready
 }
 
+fn entity_names(kind: &str, vhost: &str) -> Vec<String> {
+    rabbitmqctl(&[kind, "-p", vhost, "name", "--formatter", "json"])
+        .map(|out| {
+            serde_json::from_str::<Vec<Value>>(&out)
+                .unwrap()
+                .into_iter()
+                .map(|e| e["name"].as_str().unwrap_or_default().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A producer that sends plain tasks declares only their queues; the delay ladder comes with
+/// the first ETA publish, the dead-letter queue with the first dead letter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topology_is_declared_when_first_needed() {
+    let Some(base) = base_url() else { return };
+    let vh = Vhost::new(&base);
+    let Some(name) = vh.name.clone() else {
+        println!("skipped: rabbitmqctl not usable here");
+        return;
+    };
+    let b = AmqpBroker::open(&vh.url).await.expect("open");
+    b.publish(publish("plain", "p1")).await.expect("publish");
+    let queues = entity_names("list_queues", &name);
+    assert_eq!(queues, vec!["plain".to_string()], "only the task's queue");
+    let exchanges = entity_names("list_exchanges", &name);
+    for absent in [
+        "celery_delayed_27",
+        "celery_delayed_delivery",
+        "celeryev",
+        "celery.pidbox",
+    ] {
+        assert!(
+            !exchanges.iter().any(|e| e == absent),
+            "{absent} declared early: {exchanges:?}"
+        );
+    }
+
+    let mut eta = publish("later", "e1");
+    eta.not_before = Some(Utc::now() + TimeDelta::seconds(60));
+    b.publish(eta).await.expect("publish with eta");
+    let queues = entity_names("list_queues", &name);
+    assert!(queues.iter().any(|q| q == "celery_delayed_0"), "{queues:?}");
+    assert!(queues.iter().any(|q| q == "later"), "{queues:?}");
+    assert!(
+        !queues.iter().any(|q| q == "celeriac.dead_letters"),
+        "{queues:?}"
+    );
+    let bindings = rabbitmqctl(&[
+        "list_bindings",
+        "-p",
+        &name,
+        "source_name",
+        "destination_name",
+    ])
+    .unwrap();
+    assert!(
+        bindings.contains("celery_delayed_delivery\tlater"),
+        "{bindings}"
+    );
+
+    let c = consumer(&b, "plain", 4).await;
+    let got = c.fetch(1, Duration::from_secs(5)).await.expect("fetch");
+    c.dead_letter(&got[0].tag, "test: dead")
+        .await
+        .expect("dead letter");
+    let queues = entity_names("list_queues", &name);
+    assert!(
+        queues.iter().any(|q| q == "celeriac.dead_letters"),
+        "{queues:?}"
+    );
+}
+
 /// Vector 24: what a Celery 5.7 worker declares, compared field by field.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn topology_matches_celery() {
@@ -142,7 +216,8 @@ async fn topology_matches_celery() {
         return;
     };
     let b = AmqpBroker::open(&vh.url).await.expect("open");
-    b.declare_queue("celery").await.expect("declare");
+    // A worker's start declares what Celery's worker declares.
+    let _worker = consumer(&b, "celery", 4).await;
     let ex: Vec<Value> = serde_json::from_str(
         &rabbitmqctl(&[
             "list_exchanges",

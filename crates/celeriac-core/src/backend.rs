@@ -1,11 +1,24 @@
 //! The result-backend seam: store and read task results in Celery's format.
+//!
+//! Two kinds of backend: stores (the embedded store, Redis) keep each result where any
+//! process can read it; rpc:// (Celery's RPC backend) sends each result to the reply queue of
+//! the process that sent the task, so only that process sees it. [`DisabledBackend`] keeps
+//! nothing. [`ResultBackend::keeps_results`] tells them apart.
 
 use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::error::BackendError;
+use crate::error::{BackendError, ErrorKind};
 use crate::state::TaskMeta;
+
+/// Where the sender of a task waits for its results: the message's `reply_to` and
+/// `correlation_id` properties.
+#[derive(Debug, Clone, Copy)]
+pub struct ReplyTo<'a> {
+    pub queue: &'a str,
+    pub correlation_id: &'a str,
+}
 
 #[async_trait]
 pub trait ResultBackend: Send + Sync + 'static {
@@ -14,6 +27,38 @@ pub trait ResultBackend: Send + Sync + 'static {
     /// Stores a state change. A stored SUCCESS is never overwritten: late duplicates lose.
     /// Ready states expire after `expires` (None: kept until forgotten).
     async fn store(&self, meta: &TaskMeta, expires: Option<Duration>) -> Result<(), BackendError>;
+
+    /// Stores a state change a worker reports for a message that named its sender's reply
+    /// queue. Backends that deliver results to the sender (rpc://) route by `reply_to`; a
+    /// store ignores it.
+    async fn store_reply(
+        &self,
+        meta: &TaskMeta,
+        expires: Option<Duration>,
+        reply_to: Option<ReplyTo<'_>>,
+    ) -> Result<(), BackendError> {
+        let _ = reply_to;
+        self.store(meta, expires).await
+    }
+
+    /// Whether `get` answers for any task id, from any process. False for rpc:// (only the
+    /// sender sees a result) and for a disabled backend: a worker then cannot ask the backend
+    /// whether a redelivered task already finished.
+    fn keeps_results(&self) -> bool {
+        true
+    }
+
+    /// Called by a client before it publishes tasks whose results it may read, with their
+    /// ids: rpc:// declares the reply queue and starts listening on it.
+    async fn before_send(&self, task_ids: &[String]) -> Result<(), BackendError> {
+        let _ = task_ids;
+        Ok(())
+    }
+
+    /// Releases connections; pending writes are finished first.
+    async fn close(&self) -> Result<(), BackendError> {
+        Ok(())
+    }
 
     /// The stored meta, or `None` (PENDING) when nothing is stored.
     async fn get(&self, task_id: &str) -> Result<Option<TaskMeta>, BackendError>;
@@ -51,4 +96,75 @@ pub trait ResultBackend: Send + Sync + 'static {
     ) -> Result<(), BackendError>;
 
     async fn restore_group(&self, group_id: &str) -> Result<Option<Vec<String>>, BackendError>;
+}
+
+/// `result_backend = "disabled"`: stores nothing; reading a result is an error saying so.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct DisabledBackend;
+
+/// What reading a result from a [`DisabledBackend`] says.
+pub const RESULTS_DISABLED: &str = "results are disabled: configure a result backend \
+     (result_backend, --result-backend or CELERIAC_RESULT_BACKEND) to read them";
+
+fn disabled() -> BackendError {
+    BackendError::new(ErrorKind::Disabled, RESULTS_DISABLED)
+}
+
+#[async_trait]
+impl ResultBackend for DisabledBackend {
+    fn display_url(&self) -> String {
+        "disabled".into()
+    }
+
+    async fn store(&self, _: &TaskMeta, _: Option<Duration>) -> Result<(), BackendError> {
+        Ok(())
+    }
+
+    fn keeps_results(&self) -> bool {
+        false
+    }
+
+    async fn get(&self, _: &str) -> Result<Option<TaskMeta>, BackendError> {
+        Err(disabled())
+    }
+
+    async fn wait(&self, _: &str, _: Duration) -> Result<Option<TaskMeta>, BackendError> {
+        Err(disabled())
+    }
+
+    async fn forget(&self, _: &str) -> Result<(), BackendError> {
+        Ok(())
+    }
+
+    async fn save_group(
+        &self,
+        _: &str,
+        _: &[String],
+        _: Option<Duration>,
+    ) -> Result<(), BackendError> {
+        Err(disabled())
+    }
+
+    async fn restore_group(&self, _: &str) -> Result<Option<Vec<String>>, BackendError> {
+        Err(disabled())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn disabled_backend_stores_nothing_and_says_so_on_read() {
+        let b = DisabledBackend;
+        let meta = TaskMeta::pending("t1".to_string());
+        b.store(&meta, None).await.expect("store is accepted");
+        let e = b.get("t1").await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Disabled);
+        assert!(e
+            .message()
+            .starts_with("results are disabled: configure a result backend"));
+        assert!(b.wait("t1", Duration::from_secs(5)).await.is_err());
+        assert!(!b.keeps_results());
+    }
 }

@@ -94,7 +94,8 @@ pub trait Broker: Send + Sync + 'static {
     /// Makes sure `queue` exists (a no-op for engines where queues are implicit).
     async fn declare_queue(&self, queue: &str) -> Result<(), BrokerError>;
 
-    /// Returns once the broker has the message durably.
+    /// Returns once the broker has the message durably (on RabbitMQ with
+    /// `confirm_publish=false`: once it is written to the connection).
     async fn publish(&self, message: Publish) -> Result<(), BrokerError>;
 
     /// Publishes many messages at once; all or nothing where the engine allows.
@@ -123,6 +124,13 @@ pub trait Broker: Send + Sync + 'static {
     }
     fn revocations(&self) -> Option<&dyn Revocations> {
         None
+    }
+
+    /// Finishes pending publishes and closes the connections this handle opened for
+    /// publishing; later publishes fail with [`ErrorKind::Closed`](crate::ErrorKind).
+    /// Consumers already started keep their own connections until closed or dropped.
+    async fn close(&self) -> Result<(), BrokerError> {
+        Ok(())
     }
 }
 

@@ -20,6 +20,8 @@ pub enum ErrorKind {
     Closed,
     /// Waiting for something took longer than allowed.
     Timeout,
+    /// Turned off by configuration (`result_backend = "disabled"`).
+    Disabled,
 }
 
 impl fmt::Display for ErrorKind {
@@ -32,6 +34,7 @@ impl fmt::Display for ErrorKind {
             ErrorKind::Unsupported => "unsupported",
             ErrorKind::Closed => "closed",
             ErrorKind::Timeout => "timed out",
+            ErrorKind::Disabled => "disabled",
         };
         f.write_str(s)
     }

@@ -5,6 +5,7 @@
 //! Most users start it through `celeriac_cli::run(app)`; the facade's `App::worker()` builds
 //! one from configuration.
 
+mod completer;
 mod executor;
 mod limiter;
 mod registry;

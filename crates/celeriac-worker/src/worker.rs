@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, oneshot, watch, Notify, Semaphore};
 use tokio::task::JoinSet;
 use tracing::{debug, error, info, warn};
 
+use crate::completer::{Completer, Stored};
 use crate::executor::{run_with_limits, Ending, StopReason};
 use crate::limiter::RateLimiter;
 use crate::registry::{ErasedTask, Registry};
@@ -41,6 +42,12 @@ pub struct WorkerConfig {
     pub shutdown_timeout: Duration,
     /// How often revocations recorded by other processes are picked up.
     pub revoke_poll_interval: Duration,
+    /// How long a failing result store is retried (Celery's `result_backend_always_retry`,
+    /// here on by default). Past it a late-ack message goes back to its queue.
+    pub result_store_retry_for: Duration,
+    /// How many recently finished task ids the worker remembers, to recognize redelivered
+    /// messages of finished tasks without asking the backend.
+    pub finished_ids_kept: usize,
 }
 
 impl Default for WorkerConfig {
@@ -56,6 +63,8 @@ impl Default for WorkerConfig {
             result_extended: false,
             shutdown_timeout: Duration::from_secs(30),
             revoke_poll_interval: Duration::from_millis(100),
+            result_store_retry_for: Duration::from_secs(60),
+            finished_ids_kept: 65_536,
         }
     }
 }
@@ -83,7 +92,7 @@ impl std::error::Error for WorkerError {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Phase {
+pub(crate) enum Phase {
     Running,
     /// Stop fetching; finish running tasks.
     Draining,
@@ -144,7 +153,7 @@ pub struct Worker {
 struct Shared {
     broker: Arc<dyn Broker>,
     consumer: Arc<dyn Consumer>,
-    backend: Arc<dyn ResultBackend>,
+    completer: Completer,
     registry: Arc<Registry>,
     config: WorkerConfig,
     limiter: RateLimiter,
@@ -258,7 +267,13 @@ impl Worker {
         let shared = Arc::new(Shared {
             broker: self.broker.clone(),
             consumer: consumer.clone(),
-            backend: self.backend.clone(),
+            completer: Completer::new(
+                self.backend.clone(),
+                config.result_store_retry_for,
+                config.result_expires,
+                config.finished_ids_kept,
+                self.phase.subscribe(),
+            ),
             registry: self.registry.clone(),
             limiter: RateLimiter::default(),
             slots: Semaphore::new(config.concurrency.max(1)),
@@ -484,15 +499,14 @@ impl Shared {
         }
     }
 
-    async fn store(&self, meta: &TaskMeta) {
-        let expires = if meta.status.is_ready() {
-            self.config.result_expires
-        } else {
-            None
-        };
-        if let Err(e) = self.backend.store(meta, expires).await {
-            error!(task_id = %meta.task_id, "could not store {} result: {e}", meta.status);
+    /// Stores a state of the task of `msg` (retried while the backend fails, see
+    /// `completer.rs`); a final state stored is remembered as finished.
+    async fn store(&self, msg: &TaskMessage, meta: &TaskMeta) -> Stored {
+        let stored = self.completer.store(msg, meta).await;
+        if stored == Stored::Yes && meta.status.is_ready() {
+            self.completer.record_finished(&meta.task_id);
         }
+        stored
     }
 
     async fn settle(&self, tag: &DeliveryTag, settle: Settle) {
@@ -541,7 +555,7 @@ impl Shared {
             let exc = ExceptionInfo::new("NotRegistered", msg.headers.task.clone());
             let mut meta = builder.failure(&exc, None);
             meta.children = Some(Vec::new());
-            self.store(&meta).await;
+            self.store(&msg, &meta).await;
             self.dead_letter(
                 &delivery,
                 &format!(
@@ -578,11 +592,11 @@ impl Shared {
         if h.expires.is_some_and(|t| t <= Utc::now()) {
             info!(task_id = %h.id, "Task {}[{}] expired: not run", h.task, h.id);
             self.counters.revoked.fetch_add(1, Ordering::Relaxed);
-            self.store(&builder.revoked("expired")).await;
-            return Settle::Ack;
+            let stored = self.store(msg, &builder.revoked("expired")).await;
+            return after_store(stored, Settle::Ack);
         }
-        if self.skip_revoked(builder).await {
-            return Settle::Ack;
+        if let Some(settle) = self.skip_revoked(builder).await {
+            return settle;
         }
         if delivery.redelivered && self.already_finished(h).await {
             return Settle::Ack;
@@ -613,8 +627,8 @@ impl Shared {
             return Settle::Requeue;
         }
         // Checked again: a revoke may have arrived while the task waited for a slot.
-        if self.skip_revoked(builder).await {
-            return Settle::Ack;
+        if let Some(settle) = self.skip_revoked(builder).await {
+            return settle;
         }
 
         let acks_late = options.acks_late;
@@ -622,7 +636,7 @@ impl Shared {
             self.settle(&delivery.tag, Settle::Ack).await;
         }
         if options.track_started && !(h.ignore_result || options.ignore_result) {
-            self.store(&builder.started()).await;
+            self.store(msg, &builder.started()).await;
         }
         let mut ctx = TaskContext::new(
             h.id.clone(),
@@ -666,9 +680,11 @@ impl Shared {
                 info!(task_id = %h.id, "Task {}[{}] succeeded in {runtime:.6}s: {}", h.task, h.id, celeriac_core::repr::repr(&value));
                 self.counters.succeeded.fetch_add(1, Ordering::Relaxed);
                 if keep_result {
-                    self.store(&builder.success(value)).await;
+                    after_store(self.store(msg, &builder.success(value)).await, done)
+                } else {
+                    self.completer.record_finished(&h.id);
+                    done
                 }
-                done
             }
             Ending::Finished(Err(TaskError::Failure {
                 exception,
@@ -692,8 +708,8 @@ impl Shared {
                         )
                         .await;
                 }
-                self.fail(builder, &exception, traceback, runtime).await;
-                done
+                let stored = self.fail(builder, &exception, traceback, runtime).await;
+                after_store(stored, done)
             }
             Ending::Finished(Err(TaskError::Retry {
                 countdown,
@@ -727,35 +743,27 @@ impl Shared {
                     exc_message: vec![json!(reason), json!(requeue)],
                 };
                 self.counters.failed.fetch_add(1, Ordering::Relaxed);
-                self.store(&builder.failure(&exc, None)).await;
-                done
+                after_store(self.store(msg, &builder.failure(&exc, None)).await, done)
             }
             Ending::Finished(Err(TaskError::Ignore)) => done,
             Ending::Finished(Err(other)) => {
                 let exc = ExceptionInfo::new("RuntimeError", other.to_string());
-                self.fail(builder, &exc, None, runtime).await;
-                done
+                after_store(self.fail(builder, &exc, None, runtime).await, done)
             }
             Ending::HardTimeLimit(limit) => {
                 let exc =
                     ExceptionInfo::new("TimeLimitExceeded", format!("{}", limit.as_secs_f64()));
                 error!(task_id = %h.id, "Task {}[{}] hard time limit ({}s) exceeded: stopped", h.task, h.id, limit.as_secs_f64());
-                self.fail(
-                    builder,
-                    &exc,
-                    Some(format!(
-                        "TimeLimitExceeded: task ran longer than {}s",
-                        limit.as_secs_f64()
-                    )),
-                    runtime,
-                )
-                .await;
-                done
+                let traceback = format!(
+                    "TimeLimitExceeded: task ran longer than {}s",
+                    limit.as_secs_f64()
+                );
+                let stored = self.fail(builder, &exc, Some(traceback), runtime).await;
+                after_store(stored, done)
             }
             Ending::Stopped(StopReason::Terminate) => {
                 self.counters.revoked.fetch_add(1, Ordering::Relaxed);
-                self.store(&builder.revoked("terminated")).await;
-                done
+                after_store(self.store(msg, &builder.revoked("terminated")).await, done)
             }
             Ending::Stopped(StopReason::Cold) => {
                 if acks_late {
@@ -802,12 +810,12 @@ impl Shared {
     /// A message delivered again (its ack was lost with a connection, or its worker died
     /// after storing the result) whose task already has a final state is not run twice.
     async fn already_finished(&self, h: &celeriac_core::message::TaskHeaders) -> bool {
-        match self.backend.get(&h.id).await {
-            Ok(Some(meta)) if meta.status.is_ready() => {
-                info!(task_id = %h.id, "Task {}[{}] redelivered but already {}: not run again", h.task, h.id, meta.status);
+        match self.completer.finished_state(&h.id).await {
+            Ok(Some(state)) => {
+                info!(task_id = %h.id, "Task {}[{}] redelivered but already {state}: not run again", h.task, h.id);
                 true
             }
-            Ok(_) => false,
+            Ok(None) => false,
             Err(e) => {
                 warn!(task_id = %h.id, "cannot check whether redelivered task {} already finished ({e}); running it", h.id);
                 false
@@ -815,16 +823,17 @@ impl Shared {
         }
     }
 
-    /// Stores REVOKED and returns true when the task was revoked before it started.
-    async fn skip_revoked(&self, builder: &MetaBuilder<'_>) -> bool {
+    /// When the task was revoked before it started: stores REVOKED and says what becomes
+    /// of the message.
+    async fn skip_revoked(&self, builder: &MetaBuilder<'_>) -> Option<Settle> {
         let h = &builder.msg.headers;
         if !self.is_revoked(&h.id) {
-            return false;
+            return None;
         }
         info!(task_id = %h.id, "Task {}[{}] revoked: not run", h.task, h.id);
         self.counters.revoked.fetch_add(1, Ordering::Relaxed);
-        self.store(&builder.revoked("revoked")).await;
-        true
+        let stored = self.store(builder.msg, &builder.revoked("revoked")).await;
+        Some(after_store(stored, Settle::Ack))
     }
 
     async fn fail(
@@ -833,11 +842,12 @@ impl Shared {
         exc: &ExceptionInfo,
         traceback: Option<String>,
         runtime: f64,
-    ) {
+    ) -> Stored {
         let h = &builder.msg.headers;
         error!(task_id = %h.id, "Task {}[{}] raised unexpected: {} (after {runtime:.3}s)", h.task, h.id, exc.repr());
         self.counters.failed.fetch_add(1, Ordering::Relaxed);
-        self.store(&builder.failure(exc, traceback)).await;
+        self.store(builder.msg, &builder.failure(exc, traceback))
+            .await
     }
 
     /// Republishes the call with the same id and `retries + 1`, due after `countdown`, then
@@ -868,8 +878,8 @@ impl Shared {
                     ),
                 )
             });
-            self.fail(builder, &exc, traceback, 0.0).await;
-            return done;
+            let stored = self.fail(builder, &exc, traceback, 0.0).await;
+            return after_store(stored, done);
         }
         let countdown = countdown.unwrap_or(options.default_retry_delay);
         let eta = Utc::now() + chrono::Duration::from_std(countdown).unwrap_or_default();
@@ -894,7 +904,7 @@ impl Shared {
         // RETRY goes in before the new message exists: stored after, it could overwrite the
         // final state of a retry that already ran (only SUCCESS is protected).
         if !(h.ignore_result || options.ignore_result) {
-            self.store(&builder.retry(&exc, traceback)).await;
+            self.store(msg, &builder.retry(&exc, traceback)).await;
         }
         if let Err(e) = self.broker.publish(publish).await {
             error!(task_id = %h.id, "could not publish the retry of {}[{}]: {e}", h.task, h.id);
@@ -905,6 +915,16 @@ impl Shared {
             };
         }
         done
+    }
+}
+
+/// A message whose final state could not be stored is not acked: it goes back to its queue
+/// (and runs again) rather than leave its caller waiting forever. Already-acked (early-ack)
+/// messages cannot be taken back.
+fn after_store(stored: Stored, settle: Settle) -> Settle {
+    match (stored, settle) {
+        (Stored::No, Settle::Ack) => Settle::Requeue,
+        (_, settle) => settle,
     }
 }
 

@@ -1,0 +1,187 @@
+//! Writes the states a worker reports, and remembers which tasks it finished.
+//!
+//! A store that fails (a broken connection, a backend restarting) is retried with backoff
+//! for up to [`WorkerConfig::result_store_retry_for`](crate::WorkerConfig): Celery's
+//! `result_backend_always_retry`, on by default. The caller learns whether the state was
+//! stored, so a late-ack message is acked only after its result is, and goes back to its
+//! queue when the backend stays down past that bound.
+//!
+//! The record of recently finished ids is what lets the worker recognize a redelivered
+//! message whose task already ran even when the backend cannot be asked (rpc://, disabled).
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use celeriac_core::backend::ReplyTo;
+use celeriac_core::message::TaskMessage;
+use celeriac_core::state::TaskMeta;
+use celeriac_core::{ErrorKind, ResultBackend};
+use tokio::sync::watch;
+use tracing::{debug, error, info, warn};
+
+use crate::worker::Phase;
+
+/// First pause between store attempts; doubled up to [`MAX_PAUSE`].
+const FIRST_PAUSE: Duration = Duration::from_millis(50);
+const MAX_PAUSE: Duration = Duration::from_secs(2);
+
+/// Whether a state reached the backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stored {
+    Yes,
+    /// Still failing when the retry bound passed (or the worker was stopping).
+    No,
+}
+
+pub(crate) struct Completer {
+    backend: Arc<dyn ResultBackend>,
+    retry_for: Duration,
+    result_expires: Option<Duration>,
+    finished: Mutex<FinishedIds>,
+    /// At [`Phase::Stopping`] (cold shutdown) a failing store is not waited for any more.
+    phase: watch::Receiver<Phase>,
+}
+
+impl Completer {
+    pub(crate) fn new(
+        backend: Arc<dyn ResultBackend>,
+        retry_for: Duration,
+        result_expires: Option<Duration>,
+        finished_capacity: usize,
+        phase: watch::Receiver<Phase>,
+    ) -> Completer {
+        Completer {
+            backend,
+            retry_for,
+            result_expires,
+            finished: Mutex::new(FinishedIds::new(finished_capacity)),
+            phase,
+        }
+    }
+
+    /// Stores `meta` for the task of `msg`, retrying a failing backend until the bound.
+    pub(crate) async fn store(&self, msg: &TaskMessage, meta: &TaskMeta) -> Stored {
+        let expires = if meta.status.is_ready() {
+            self.result_expires
+        } else {
+            None
+        };
+        let reply_to = msg.properties.reply_to.as_deref().map(|queue| ReplyTo {
+            queue,
+            correlation_id: &msg.properties.correlation_id,
+        });
+        let deadline = tokio::time::Instant::now() + self.retry_for;
+        let mut pause = FIRST_PAUSE;
+        let mut attempts = 0u32;
+        let mut phase = self.phase.clone();
+        let stopping = |p: &Phase| *p == Phase::Stopping;
+        loop {
+            let err = match self.backend.store_reply(meta, expires, reply_to).await {
+                Ok(()) => {
+                    if attempts > 0 {
+                        info!(task_id = %meta.task_id, "stored {} result after {attempts} retries", meta.status);
+                    }
+                    return Stored::Yes;
+                }
+                Err(e) => e,
+            };
+            let permanent = matches!(err.kind(), ErrorKind::InvalidConfig | ErrorKind::Disabled);
+            let now = tokio::time::Instant::now();
+            if permanent || now >= deadline || stopping(&phase.borrow()) {
+                error!(task_id = %meta.task_id, "could not store {} result (gave up after {attempts} retries): {err}", meta.status);
+                return Stored::No;
+            }
+            if attempts == 0 {
+                warn!(task_id = %meta.task_id, "could not store {} result, retrying for up to {:?}: {err}", meta.status, self.retry_for);
+            } else {
+                debug!(task_id = %meta.task_id, "store retry {attempts} failed: {err}");
+            }
+            attempts += 1;
+            tokio::select! {
+                _ = tokio::time::sleep(pause.min(deadline - now)) => {}
+                _ = phase.wait_for(stopping) => {}
+            }
+            pause = (pause * 2).min(MAX_PAUSE);
+        }
+    }
+
+    /// Remembers that task `id` reached a final state here.
+    pub(crate) fn record_finished(&self, id: &str) {
+        self.finished
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id);
+    }
+
+    /// Whether task `id` already has a final state: finished by this worker recently, or
+    /// stored as ready in a backend that keeps results. `None` when that cannot be told
+    /// (the backend is unreachable).
+    pub(crate) async fn finished_state(&self, id: &str) -> Result<Option<String>, String> {
+        if self
+            .finished
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(id)
+        {
+            return Ok(Some("finished by this worker".into()));
+        }
+        if !self.backend.keeps_results() {
+            return Ok(None);
+        }
+        match self.backend.get(id).await {
+            Ok(Some(meta)) if meta.status.is_ready() => Ok(Some(meta.status.to_string())),
+            Ok(_) => Ok(None),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+/// A bounded set of task ids, oldest forgotten first.
+struct FinishedIds {
+    order: VecDeque<String>,
+    ids: HashSet<String>,
+    capacity: usize,
+}
+
+impl FinishedIds {
+    fn new(capacity: usize) -> FinishedIds {
+        FinishedIds {
+            order: VecDeque::new(),
+            ids: HashSet::new(),
+            capacity: capacity.max(1),
+        }
+    }
+
+    fn insert(&mut self, id: &str) {
+        if !self.ids.insert(id.to_string()) {
+            return;
+        }
+        self.order.push_back(id.to_string());
+        while self.order.len() > self.capacity {
+            if let Some(old) = self.order.pop_front() {
+                self.ids.remove(&old);
+            }
+        }
+    }
+
+    fn contains(&self, id: &str) -> bool {
+        self.ids.contains(id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finished_ids_forget_the_oldest_past_capacity() {
+        let mut f = FinishedIds::new(2);
+        f.insert("a");
+        f.insert("b");
+        f.insert("a");
+        f.insert("c");
+        assert!(!f.contains("a"));
+        assert!(f.contains("b") && f.contains("c"));
+    }
+}
