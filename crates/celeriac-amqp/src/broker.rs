@@ -16,6 +16,7 @@ use celeriac_core::BrokerError;
 
 use crate::consumer::{AmqpConsumer, Core};
 use crate::revocations::RevocationLog;
+use crate::rpc::RpcBackend;
 use crate::session::{is_refusal, unreachable, Declare, Session};
 use crate::url::AmqpUrl;
 
@@ -39,6 +40,21 @@ impl AmqpBroker {
             consumers: Mutex::new(Vec::new()),
             revocations: RevocationLog::new(),
         }))
+    }
+
+    /// Celery's `rpc://` result backend on this broker's connection: results of the tasks
+    /// this process sends arrive on `reply_queue` (the `reply_to` its messages carry), which
+    /// expires after `result_expires` unused.
+    pub fn rpc_backend(
+        &self,
+        reply_queue: &str,
+        result_expires: Option<std::time::Duration>,
+    ) -> Arc<RpcBackend> {
+        Arc::new(RpcBackend::new(
+            self.session.clone(),
+            reply_queue.to_string(),
+            result_expires,
+        ))
     }
 
     /// The parsed URL this broker connects to.

@@ -6,10 +6,12 @@ mod codec;
 mod consumer;
 mod dead_letters;
 mod revocations;
+mod rpc;
 mod session;
 mod topology;
 mod url;
 
 pub use broker::AmqpBroker;
 pub use codec::{from_table, to_table};
+pub use rpc::RpcBackend;
 pub use url::{redact, AmqpUrl};

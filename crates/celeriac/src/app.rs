@@ -121,7 +121,9 @@ impl App {
                 config,
                 registry: self.inner.registry.clone(),
                 connections: OnceCell::new(),
-                oid: self.inner.oid.clone(),
+                // A new id: two apps listening on one rpc:// reply queue would split its
+                // results between them.
+                oid: celeriac_core::message::new_id(),
             }),
         }
     }
@@ -132,9 +134,26 @@ impl App {
             .get_or_try_init(|| async {
                 let broker = self.inner.config.resolved_broker_url();
                 let backend = self.inner.config.resolved_backend_url();
-                connect::open(&broker, &backend).await
+                let context = connect::BackendContext {
+                    reply_queue: &self.inner.oid,
+                    result_expires: self.inner.config.result_expires,
+                };
+                connect::open(&broker, &backend, context).await
             })
             .await
+    }
+
+    /// Finishes pending publishes and closes the app's connections (the broker's publisher
+    /// connection, the result backend's). Sending afterwards fails; dropping an app without
+    /// closing it lets the runtime end its connections abruptly, which can lose
+    /// fire-and-forget publishes (`confirm_publish=false`) still in flight.
+    pub async fn close(&self) -> Result<(), Error> {
+        let Some(c) = self.inner.connections.get() else {
+            return Ok(());
+        };
+        let backend = c.backend.close().await;
+        c.broker.close().await?;
+        Ok(backend?)
     }
 
     /// Opens the broker and result backend now, reporting a bad URL or an unreachable engine.
@@ -193,10 +212,12 @@ impl App {
         // As Celery 5.7 does: a task that has not started reads REVOKED at once. A running
         // one keeps its state until the worker ends it (a later SUCCESS still wins); with
         // `terminate` the worker running it records `terminated`, so nothing is written here.
-        if terminate {
+        let backend = self.backend().await?;
+        // Where results go to the sender only (rpc://) or nowhere, the worker that skips the
+        // task reports REVOKED itself.
+        if terminate || !backend.keeps_results() {
             return Ok(());
         }
-        let backend = self.backend().await?;
         for id in task_ids {
             let state = backend
                 .get(id)

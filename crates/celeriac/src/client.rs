@@ -121,6 +121,7 @@ impl<T: Task> Signature<T> {
             &self.options,
         )?;
         let id = publish.message.task_id().unwrap_or_default().to_string();
+        announce(app, std::slice::from_ref(&publish)).await?;
         app.broker().await?.publish(publish).await?;
         Ok(AsyncResult::new(app.clone(), id))
     }
@@ -165,6 +166,7 @@ impl Call {
     pub async fn send(self, app: &App) -> Result<AsyncResult<Value>, Error> {
         let publish = self.to_publish(app)?;
         let id = publish.message.task_id().unwrap_or_default().to_string();
+        announce(app, std::slice::from_ref(&publish)).await?;
         app.broker().await?.publish(publish).await?;
         Ok(AsyncResult::new(app.clone(), id))
     }
@@ -217,12 +219,27 @@ impl App {
             .iter()
             .map(|p| p.message.task_id().unwrap_or_default().to_string())
             .collect();
+        announce(self, &publishes).await?;
         self.broker().await?.publish_batch(publishes).await?;
         Ok(ids
             .into_iter()
             .map(|id| AsyncResult::new(self.clone(), id))
             .collect())
     }
+}
+
+/// Tells the result backend which tasks are about to be sent for results (rpc:// listens on
+/// its reply queue from then on); tasks that ignore their result are left out.
+async fn announce(app: &App, publishes: &[Publish]) -> Result<(), Error> {
+    let ids: Vec<String> = publishes
+        .iter()
+        .filter(|p| p.message.headers.get("ignore_result") != Some(&Value::Bool(true)))
+        .filter_map(|p| p.message.task_id().map(str::to_string))
+        .collect();
+    if !ids.is_empty() {
+        app.backend().await?.before_send(&ids).await?;
+    }
+    Ok(())
 }
 
 /// Batches at least this big are encoded on two threads.

@@ -20,6 +20,10 @@ impl std::fmt::Display for Error {
         match self {
             Error::Config(m) => write!(f, "configuration error: {m}"),
             Error::Broker(e) => write!(f, "{e}"),
+            // "results are disabled: configure a result backend ...", with no prefix.
+            Error::Backend(e) if e.kind() == celeriac_core::ErrorKind::Disabled => {
+                f.write_str(e.message())
+            }
             Error::Backend(e) => write!(f, "{e}"),
             Error::Encode(m) => write!(f, "cannot encode the call: {m}"),
         }
