@@ -251,7 +251,7 @@ fn encode_all(app: &App, calls: &[Call]) -> Result<Vec<Publish>, Error> {
 }
 
 /// A call's options after resolution: what goes into the message and where it goes.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug)]
 struct Resolved {
     queue: String,
     priority: Option<u8>,
