@@ -145,16 +145,25 @@ struct CallArgs {
 
 /// Runs the command line for an app whose binary holds the tasks (`worker` included).
 pub fn run(app: App) -> ExitCode {
-    dispatch(app, true)
+    dispatch(app, Cli::parse(), true)
+}
+
+/// [`run`] with the command line given (its first item is the program name), e.g. to drive
+/// the verbs from a test or a wrapper.
+pub fn run_from<I, T>(app: App, args: I) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    dispatch(app, Cli::parse_from(args), true)
 }
 
 /// Runs the command line without task code: every verb but `worker`.
 pub fn run_without_tasks(app: App) -> ExitCode {
-    dispatch(app, false)
+    dispatch(app, Cli::parse(), false)
 }
 
-fn dispatch(app: App, has_tasks: bool) -> ExitCode {
-    let cli = Cli::parse();
+fn dispatch(app: App, cli: Cli, has_tasks: bool) -> ExitCode {
     init_logging(&cli.global.loglevel);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -1,5 +1,25 @@
 //! Sending tasks: typed [`Signature`]s for Rust tasks, [`Call`]s by name for any task
 //! (Python ones included), both with Celery's `apply_async` options.
+//!
+//! # Which options a call gets
+//!
+//! Every way of sending a task — `Signature::apply_async`, `Signature::into_call` with
+//! [`App::send_batch`], [`Call::send`], [`App::send_task`], the CLI's `call` verb — resolves
+//! its options in one place, the same way:
+//!
+//! 1. what the call itself sets ([`CallOptions`]);
+//! 2. the app's: the options the app registered the task with (`AppBuilder::task` /
+//!    `task_with`, looked up by name) and, for the queue, `task_routes`, which beat the
+//!    task's own `queue`;
+//! 3. the task's own attributes (`#[task(queue = ..)]`), which only a typed call of a task
+//!    this app did not register can supply;
+//! 4. the defaults: `task_default_queue`, no priority, no expiry.
+//!
+//! So the queue is: call > `task_routes` > the task's queue (as registered, else its
+//! attribute) > `task_default_queue`. A result is ignored when the call says so, else when
+//! the task (as registered, else its attribute) says so, else when the app's
+//! `task_ignore_result` does: a task's `false` cannot be told apart from "unset", so it does
+//! not override the app-wide setting.
 
 use std::time::Duration;
 
@@ -134,7 +154,7 @@ impl<T: Task> Signature<T> {
             args,
             kwargs,
             options: self.options,
-            defaults: Some(T::options()),
+            attributes: Some(T::options()),
         }
     }
 }
@@ -147,7 +167,8 @@ pub struct Call {
     args: Vec<Value>,
     kwargs: Map<String, Value>,
     options: CallOptions,
-    defaults: Option<TaskOptions>,
+    /// The task's own attributes, when the call was made from its type.
+    attributes: Option<TaskOptions>,
 }
 
 impl Call {
@@ -157,7 +178,7 @@ impl Call {
             args,
             kwargs,
             options: CallOptions::default(),
-            defaults: None,
+            attributes: None,
         }
     }
 
@@ -172,13 +193,10 @@ impl Call {
     }
 
     fn to_publish(&self, app: &App) -> Result<Publish, Error> {
-        // A task registered in this app lends its defaults (queue, expiry, priority...).
-        let registered = app.registry().get(&self.name).map(|t| t.options());
-        let defaults = self.defaults.as_ref().or(registered);
         build(
             app,
             &self.name,
-            defaults,
+            self.attributes.as_ref(),
             self.args.clone(),
             self.kwargs.clone(),
             &self.options,
@@ -249,63 +267,97 @@ fn encode_all(app: &App, calls: &[Call]) -> Result<Vec<Publish>, Error> {
     calls.iter().map(|c| c.to_publish(app)).collect()
 }
 
-/// Resolves routing, times and defaults as Celery's `apply_async` does, and builds the message.
+/// A call's options after resolution: what goes into the message and where it goes.
+#[derive(Debug)]
+struct Resolved {
+    queue: String,
+    priority: Option<u8>,
+    eta: Option<DateTime<Utc>>,
+    expires: Option<DateTime<Utc>>,
+    ignore_result: bool,
+}
+
+/// The one resolution of a call's options (order in the module docs). `attributes` are the
+/// task's own, known only to typed calls; the app's registration of `name` beats them.
+fn resolve(
+    app: &App,
+    name: &str,
+    attributes: Option<&TaskOptions>,
+    call: &CallOptions,
+    now: DateTime<Utc>,
+) -> Result<Resolved, Error> {
+    let task = app.registry().get(name).map(|t| t.options()).or(attributes);
+    let after_now = |d: Duration| {
+        chrono::Duration::from_std(d)
+            .map(|d| now + d)
+            .map_err(|_| Error::Encode(format!("duration {d:?} is out of range")))
+    };
+    let eta = match (call.countdown, call.eta) {
+        (Some(countdown), _) => Some(after_now(countdown)?),
+        (None, at) => at,
+    };
+    let expires = match (
+        call.expires_in,
+        call.expires_at,
+        task.and_then(|t| t.expires),
+    ) {
+        (Some(after), _, _) => Some(after_now(after)?),
+        (None, Some(at), _) => Some(at),
+        (None, None, Some(after)) => Some(after_now(after)?),
+        (None, None, None) => None,
+    };
+    let queue = call
+        .queue
+        .clone()
+        .or_else(|| app.config().route(name).map(str::to_string))
+        .or_else(|| task.and_then(|t| t.queue.clone()))
+        .unwrap_or_else(|| app.config().task_default_queue.clone());
+    let priority = call
+        .priority
+        .or(task.and_then(|t| t.priority))
+        .map(|p| p.min(9));
+    let ignore_result = call.ignore_result.unwrap_or_else(|| {
+        task.is_some_and(|t| t.ignore_result) || app.config().task_ignore_result
+    });
+    Ok(Resolved {
+        queue,
+        priority,
+        eta,
+        expires,
+        ignore_result,
+    })
+}
+
+/// Builds the message for a call, its options resolved by [`resolve`].
 fn build(
     app: &App,
     name: &str,
-    defaults: Option<&TaskOptions>,
+    attributes: Option<&TaskOptions>,
     args: Vec<Value>,
     kwargs: Map<String, Value>,
     o: &CallOptions,
 ) -> Result<Publish, Error> {
-    let now = Utc::now();
-    let to_chrono = |d: Duration| {
-        chrono::Duration::from_std(d)
-            .map_err(|_| Error::Encode(format!("duration {d:?} is out of range")))
-    };
-    let eta = match (o.countdown, o.eta) {
-        (Some(c), _) => Some(now + to_chrono(c)?),
-        (None, eta) => eta,
-    };
-    let expires_in = o.expires_in.or(defaults.and_then(|d| d.expires));
-    let expires = match (expires_in, o.expires_at) {
-        (Some(e), _) => Some(now + to_chrono(e)?),
-        (None, at) => at,
-    };
-    let queue = o
-        .queue
-        .clone()
-        .or_else(|| app.config().route(name).map(str::to_string))
-        .or_else(|| defaults.and_then(|d| d.queue.clone()))
-        .unwrap_or_else(|| app.config().task_default_queue.clone());
-    let priority = o
-        .priority
-        .or(defaults.and_then(|d| d.priority))
-        .map(|p| p.min(9));
-    let ignore_result = o
-        .ignore_result
-        .or(defaults.map(|d| d.ignore_result))
-        .unwrap_or(false);
+    let resolved = resolve(app, name, attributes, o, Utc::now())?;
     let spec = CallSpec {
         name: name.to_string(),
         id: o.task_id.clone(),
         args,
         kwargs,
-        eta,
-        expires,
-        priority,
+        eta: resolved.eta,
+        expires: resolved.expires,
+        priority: resolved.priority,
         time_limit: o.time_limit.map(|d| d.as_secs_f64()),
         soft_time_limit: o.soft_time_limit.map(|d| d.as_secs_f64()),
-        ignore_result,
+        ignore_result: resolved.ignore_result,
         headers: o.headers.clone(),
         reply_to: Some(app.oid().to_string()),
         ..CallSpec::default()
     };
     let message = TaskMessage::new_call(spec);
     Ok(Publish {
-        queue,
-        priority,
-        not_before: eta,
+        queue: resolved.queue,
+        priority: resolved.priority,
+        not_before: resolved.eta,
         message: message.to_raw(),
     })
 }

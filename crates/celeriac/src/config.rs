@@ -23,6 +23,8 @@ pub struct Config {
     pub result_expires: Option<Duration>,
     /// `result_extended`: store name, args, kwargs, worker, retries and queue with results.
     pub result_extended: bool,
+    /// `task_ignore_result`: store no results unless a task or call says otherwise.
+    pub task_ignore_result: bool,
     /// `worker_concurrency` (default: number of CPUs).
     pub worker_concurrency: Option<usize>,
     /// `worker_prefetch_multiplier`.
@@ -40,6 +42,7 @@ impl Default for Config {
             task_routes: Vec::new(),
             result_expires: Some(Duration::from_secs(86_400)),
             result_extended: false,
+            task_ignore_result: false,
             worker_concurrency: None,
             worker_prefetch_multiplier: 4,
             worker_shutdown_timeout: Duration::from_secs(30),

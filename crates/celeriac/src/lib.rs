@@ -20,6 +20,11 @@
 //!
 //! A worker is the user's own binary: `fn main() { celeriac_cli::run(app()) }` (see
 //! `celeriac-cli`), or [`App::worker`] from code.
+//!
+//! Engines are cargo features, all on by default: `sqlite` (the embedded store), `redis`,
+//! `amqp` (RabbitMQ). `default-features = false, features = ["redis"]` builds neither lapin
+//! nor SQLite; a URL for an engine left out of the build is an [`Error::Config`] naming the
+//! feature it needs.
 
 mod app;
 mod client;
