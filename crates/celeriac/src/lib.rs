@@ -30,7 +30,9 @@ mod result;
 
 pub use app::{App, AppBuilder};
 pub use client::{Call, CallOptions, Signature};
-pub use config::Config;
+pub use config::{
+    setting_names, Config, ConfigEntry, ConfigError, ConfigSources, LoadedConfig, Origin,
+};
 pub use error::{Error, RemoteError, ResultError};
 pub use result::AsyncResult;
 
