@@ -27,7 +27,8 @@ pub struct Config {
     /// `broker_url`; `None` means the embedded default, [`DEFAULT_URL`].
     pub broker_url: Option<String>,
     /// `broker_transport_options`: engine-specific options, as in Celery
-    /// (`visibility_timeout`, ...).
+    /// (`visibility_timeout`, ...). Stored and shown, not yet handed to the engines, which
+    /// take their options from the URL's query (`redis://h/0?visibility_timeout=30`).
     pub broker_transport_options: serde_json::Map<String, serde_json::Value>,
     /// `result_backend`; `None` means the broker's own server when it can hold results (the
     /// embedded store and Redis can), `rpc://` for RabbitMQ. `disabled` stores no results.
@@ -51,6 +52,7 @@ pub struct Config {
     /// `result_extended`: store name, args, kwargs, worker, retries and queue with results.
     pub result_extended: bool,
     /// `timezone`: the IANA name Celery uses for crontab schedules and displayed times.
+    /// Stored for the schedulers to come; nothing reads it yet.
     pub timezone: String,
     /// `worker_concurrency` (default: number of CPUs).
     pub worker_concurrency: Option<usize>,
