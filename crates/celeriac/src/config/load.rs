@@ -283,19 +283,14 @@ pub(super) fn load(code: &Config, sources: &ConfigSources) -> Result<LoadedConfi
             setting,
         }
     })?;
-    let config =
-        extracted
-            .into_config()
-            .map_err(|(setting, expected)| ConfigError::InvalidValue {
-                setting: setting.to_string(),
-                origin: origin_of(setting),
-                expected,
-                found: figment
-                    .find_value(setting)
-                    .ok()
-                    .and_then(|v| v.deserialize::<Value>().ok())
-                    .map_or_else(|| "nothing".into(), |v| v.to_string()),
-            })?;
+    let config = extracted
+        .into_config()
+        .map_err(|invalid| ConfigError::InvalidValue {
+            setting: invalid.setting.to_string(),
+            origin: origin_of(invalid.setting),
+            expected: invalid.expected,
+            found: invalid.found,
+        })?;
     let origins = settings::setting_names()
         .map(|name| (name, origin_of(name)))
         .collect();

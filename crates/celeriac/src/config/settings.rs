@@ -160,17 +160,23 @@ pub(super) struct Extracted {
     pub worker_shutdown_timeout: f64,
 }
 
-/// A value that deserialized but means nothing: (setting, what was expected).
-pub(super) type Invalid = (&'static str, String);
+/// A value that deserialized but means nothing.
+#[derive(Debug)]
+pub(super) struct Invalid {
+    pub setting: &'static str,
+    pub expected: String,
+    pub found: String,
+}
 
 impl Extracted {
     pub(super) fn into_config(self) -> Result<Config, Invalid> {
         let result_expires = duration("result_expires", self.result_expires)?;
         if self.worker_prefetch_multiplier == 0 {
-            return Err((
-                "worker_prefetch_multiplier",
-                "at least 1 (celeriac always bounds the prefetch window)".into(),
-            ));
+            return Err(Invalid {
+                setting: "worker_prefetch_multiplier",
+                expected: "at least 1 (celeriac always bounds the prefetch window)".into(),
+                found: "0".into(),
+            });
         }
         Ok(Config {
             broker_url: self.broker_url,
@@ -195,11 +201,10 @@ impl Extracted {
 }
 
 fn duration(setting: &'static str, seconds: f64) -> Result<Duration, Invalid> {
-    Duration::try_from_secs_f64(seconds).map_err(|_| {
-        (
-            setting,
-            format!("{}, not {seconds}", Kind::Seconds.expected()),
-        )
+    Duration::try_from_secs_f64(seconds).map_err(|_| Invalid {
+        setting,
+        expected: format!("{} (0 or more)", Kind::Seconds.expected()),
+        found: seconds.to_string(),
     })
 }
 
@@ -209,13 +214,12 @@ fn routes(pairs: Vec<(String, Value)>) -> Result<Vec<(String, String)>, Invalid>
         .into_iter()
         .map(|(pattern, target)| match route_queue(&target) {
             Some(queue) => Ok((pattern, queue.to_string())),
-            None => Err((
-                "task_routes",
-                format!(
-                    "a queue name or {{\"queue\": name}} for `{pattern}`, not {target} \
-                     (celeriac routes by queue only)"
-                ),
-            )),
+            None => Err(Invalid {
+                setting: "task_routes",
+                expected: "a queue name or {\"queue\": name} (celeriac routes by queue only)"
+                    .into(),
+                found: format!("\"{pattern}\" = {target}"),
+            }),
         })
         .collect()
 }
@@ -277,8 +281,8 @@ mod tests {
             "tasks.add".to_string(),
             serde_json::json!({"queue": "q", "exchange": "x"}),
         )];
-        let (setting, expected) = routes(exchange).unwrap_err();
-        assert_eq!(setting, "task_routes");
-        assert!(expected.contains("tasks.add"), "{expected}");
+        let invalid = routes(exchange).unwrap_err();
+        assert_eq!(invalid.setting, "task_routes");
+        assert!(invalid.found.starts_with("\"tasks.add\" = "), "{invalid:?}");
     }
 }
