@@ -85,6 +85,17 @@ impl Default for Config {
 
 impl Config {
     /// This configuration with a file, the environment and flags layered over it.
+    ///
+    /// ```
+    /// use celeriac::{Config, ConfigSources};
+    ///
+    /// let sources = ConfigSources::new().env([("CELERIAC_WORKER_CONCURRENCY", "8")]);
+    /// let loaded = Config::default().load(&sources)?;
+    /// assert_eq!(loaded.config().worker_concurrency, Some(8));
+    /// let origin = loaded.origin("worker_concurrency").unwrap();
+    /// assert_eq!(origin.to_string(), "env CELERIAC_WORKER_CONCURRENCY");
+    /// # Ok::<(), celeriac::ConfigError>(())
+    /// ```
     pub fn load(&self, sources: &ConfigSources) -> Result<LoadedConfig, ConfigError> {
         load::load(self, sources)
     }
