@@ -1,17 +1,19 @@
 //! The quickstart: a worker and a client in one process, on the embedded store
-//! (`sqlite://celeriac.db` unless CELERIAC_BROKER_URL says otherwise).
+//! (`sqlite://celeriac.db` unless `celeriac.toml` or `CELERIAC_BROKER_URL` says otherwise).
 //!
 //! `cargo run --release --example quickstart`
 
 use std::time::Duration;
 
 use celeriac::serde_json::json;
-use celeriac::{Call, ResultError};
+use celeriac::{Call, ConfigSources, ResultError};
 use celeriac_demo::{add, echo, fail, flaky, mul, sleep};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let app = celeriac_demo::app();
+    let loaded = app.config().load(&ConfigSources::from_process())?;
+    let app = app.reconfigured(|config| *config = loaded.into_config());
     let mut config = app.worker_config();
     config.concurrency = 4;
     let worker = app.worker(config).await?;

@@ -9,7 +9,7 @@ use celeriac_core::{Broker, ResultBackend};
 use celeriac_worker::{Registry, Worker, WorkerConfig};
 use tokio::sync::OnceCell;
 
-use crate::config::Config;
+use crate::config::{Config, ConfigError, ConfigSources};
 use crate::connect::{self, Connections};
 use crate::error::Error;
 
@@ -34,13 +34,14 @@ pub struct AppBuilder {
 }
 
 impl AppBuilder {
-    /// Sets `broker_url` (the environment variable `CELERIAC_BROKER_URL` still wins).
+    /// Sets `broker_url` (a file, `CELERIAC_BROKER_URL` or `--broker` loaded later wins).
     pub fn broker_url(mut self, url: impl Into<String>) -> Self {
         self.config.broker_url = Some(url.into());
         self
     }
 
-    /// Sets `result_backend` (the environment variable `CELERIAC_RESULT_BACKEND` still wins).
+    /// Sets `result_backend` (a file, `CELERIAC_RESULT_BACKEND` or `--result-backend` loaded
+    /// later wins).
     pub fn result_backend(mut self, url: impl Into<String>) -> Self {
         self.config.result_backend = Some(url.into());
         self
@@ -70,6 +71,13 @@ impl AppBuilder {
     pub fn configure(mut self, change: impl FnOnce(&mut Config)) -> Self {
         change(&mut self.config);
         self
+    }
+
+    /// Layers a configuration file, the environment and flags over what the code set so
+    /// far, as the command line does: `.load_config(&ConfigSources::from_process())?`.
+    pub fn load_config(mut self, sources: &ConfigSources) -> Result<Self, ConfigError> {
+        self.config = self.config.load(sources)?.into_config();
+        Ok(self)
     }
 
     pub fn build(self) -> App {

@@ -18,6 +18,10 @@
 //! # Ok(()) }
 //! ```
 //!
+//! Settings have Celery's names ([`Config`]); deployments layer a `celeriac.toml`, `CELERIAC_*`
+//! variables and flags over the code's with [`Config::load`] / [`AppBuilder::load_config`]
+//! (`docs/configuration.md`).
+//!
 //! A worker is the user's own binary: `fn main() { celeriac_cli::run(app()) }` (see
 //! `celeriac-cli`), or [`App::worker`] from code.
 //!
@@ -35,7 +39,9 @@ mod result;
 
 pub use app::{App, AppBuilder};
 pub use client::{Call, CallOptions, Signature};
-pub use config::Config;
+pub use config::{
+    setting_names, Config, ConfigEntry, ConfigError, ConfigSources, LoadedConfig, Origin,
+};
 pub use error::{Error, RemoteError, ResultError};
 pub use result::AsyncResult;
 

@@ -1,0 +1,161 @@
+//! The command line's grammar: every verb, flag and argument.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(about = "celeriac: Celery's task queue in Rust", version)]
+pub(crate) struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct GlobalArgs {
+    /// Configuration file (TOML, Celery's setting names). Default: $CELERIAC_CONFIG, else
+    /// ./celeriac.toml when it exists.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Broker URL (beats broker_url from CELERIAC_BROKER_URL, the file and the code).
+    #[arg(long, global = true)]
+    pub broker: Option<String>,
+    /// Result backend URL (beats result_backend from CELERIAC_RESULT_BACKEND, the file and
+    /// the code).
+    #[arg(long = "result-backend", global = true)]
+    pub result_backend: Option<String>,
+    /// Log level: error, warn, info, debug, trace, or a RUST_LOG-style filter. Beats
+    /// RUST_LOG; default info.
+    #[arg(short = 'l', long = "loglevel", global = true)]
+    pub loglevel: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum Command {
+    /// Start a worker consuming the given queues.
+    Worker(WorkerArgs),
+    /// Send a task by name; prints its id.
+    Call(CallArgs),
+    /// Show a task's state and result (optionally waiting for it).
+    Result {
+        task_id: String,
+        /// Wait up to this many seconds for the task to finish.
+        #[arg(long)]
+        wait: Option<f64>,
+    },
+    /// Revoke a task: it will never run; with --terminate a running one is stopped.
+    Revoke {
+        task_ids: Vec<String>,
+        #[arg(long)]
+        terminate: bool,
+    },
+    /// Remove all waiting messages from queues.
+    Purge {
+        /// Queues to purge (comma-separated; default: the default queue).
+        #[arg(short = 'Q', long = "queues", value_delimiter = ',')]
+        queues: Vec<String>,
+        /// Do not ask for confirmation.
+        #[arg(short = 'f', long)]
+        force: bool,
+    },
+    /// Queue lengths: ready, scheduled (waiting for ETA) and unacknowledged messages.
+    Queues {
+        /// Only these queues (comma-separated; default: every known queue).
+        #[arg(short = 'Q', long = "queues", value_delimiter = ',')]
+        queues: Vec<String>,
+    },
+    /// Messages no worker could run (malformed, unknown task, refused content type).
+    #[command(subcommand, name = "dead-letter")]
+    DeadLetter(DeadLetterCommand),
+    /// The effective configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum DeadLetterCommand {
+    /// List dead letters, newest first.
+    List {
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Put dead letters back on their queues.
+    Requeue {
+        /// Dead-letter ids to requeue.
+        ids: Vec<String>,
+        /// Requeue every dead letter.
+        #[arg(long, conflicts_with = "ids")]
+        all: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum ConfigCommand {
+    /// Every setting with its value in force and where it came from (passwords redacted).
+    Show {
+        /// One JSON object: setting -> {value, source}.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct WorkerArgs {
+    /// Queues to consume, comma-separated (default: task_default_queue).
+    #[arg(short = 'Q', long = "queues", value_delimiter = ',')]
+    pub queues: Vec<String>,
+    /// Number of tasks run at once (default: worker_concurrency, else the number of CPUs).
+    #[arg(short = 'c', long)]
+    pub concurrency: Option<usize>,
+    /// Messages reserved ahead per execution slot (default: worker_prefetch_multiplier).
+    #[arg(long = "prefetch-multiplier")]
+    pub prefetch_multiplier: Option<usize>,
+    /// Node name (default: celery@<host>); `%h`, `%n`, `%d` expand as in Celery.
+    #[arg(short = 'n', long)]
+    pub hostname: Option<String>,
+    /// Seconds a graceful shutdown waits for running tasks (default:
+    /// worker_shutdown_timeout).
+    #[arg(long = "shutdown-timeout")]
+    pub shutdown_timeout: Option<f64>,
+    /// Append the log to this file instead of standard error (no colours).
+    #[arg(short = 'f', long, value_name = "PATH")]
+    pub logfile: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct CallArgs {
+    /// Task name, e.g. tasks.add.
+    pub name: String,
+    /// Positional arguments as a JSON array.
+    #[arg(long, default_value = "[]")]
+    pub args: String,
+    /// Keyword arguments as a JSON object.
+    #[arg(long, default_value = "{}")]
+    pub kwargs: String,
+    /// Seconds to wait before the task may run.
+    #[arg(long)]
+    pub countdown: Option<f64>,
+    /// Seconds after which the task expires unless started.
+    #[arg(long)]
+    pub expires: Option<f64>,
+    /// Queue to send to (default: routes, then the default queue).
+    #[arg(long)]
+    pub queue: Option<String>,
+    /// Priority 0..=9 (9 most urgent).
+    #[arg(long)]
+    pub priority: Option<u8>,
+}
+
+/// A flag's number of seconds as a duration.
+pub(crate) fn seconds(s: f64, flag: &str) -> Result<Duration, String> {
+    if s.is_finite() && s >= 0.0 {
+        Ok(Duration::from_secs_f64(s))
+    } else {
+        Err(format!(
+            "{flag} must be a non-negative number of seconds, got {s}"
+        ))
+    }
+}

@@ -1,0 +1,230 @@
+//! Configuration, with Celery's setting names.
+//!
+//! [`Config`] is a plain struct that code fills in. Deployments add layers on top of it with
+//! [`Config::load`]: a TOML file (`celeriac.toml`), the environment (`CELERIAC_<SETTING>`) and
+//! command-line flags. Precedence: flags > environment > file > code > defaults. The
+//! `celeriac_cli::run` command line does this for every verb; see `docs/configuration.md`.
+
+mod load;
+mod settings;
+mod show;
+
+use std::time::Duration;
+
+pub use load::{ConfigError, ConfigSources, LoadedConfig, Origin};
+pub use settings::setting_names;
+pub use show::ConfigEntry;
+
+/// The embedded store, used when no broker is configured.
+pub const DEFAULT_URL: &str = "sqlite://celeriac.db";
+/// The `result_backend` value that means "store no results".
+pub const DISABLED_BACKEND: &str = "disabled";
+/// Where results go when the broker is RabbitMQ and no result backend is configured.
+pub const RPC_BACKEND: &str = "rpc://";
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// `broker_url`; `None` means the embedded default, [`DEFAULT_URL`].
+    pub broker_url: Option<String>,
+    /// `broker_transport_options`: engine-specific options, as in Celery
+    /// (`visibility_timeout`, ...). Stored and shown, not yet handed to the engines, which
+    /// take their options from the URL's query (`redis://h/0?visibility_timeout=30`).
+    pub broker_transport_options: serde_json::Map<String, serde_json::Value>,
+    /// `result_backend`; `None` means the broker's own server when it can hold results (the
+    /// embedded store and Redis can), `rpc://` for RabbitMQ. `disabled` stores no results.
+    pub result_backend: Option<String>,
+    /// `task_default_queue`.
+    pub task_default_queue: String,
+    /// `task_routes`: (task name pattern with `*` wildcards, queue), first match wins.
+    pub task_routes: Vec<(String, String)>,
+    /// `task_acks_late`: the app-wide default of [`TaskOptions::acks_late`].
+    ///
+    /// Stored and shown, but not yet applied: a task's options come from its definition
+    /// (`#[task(acks_late = true)]`) or `AppBuilder::task_with`.
+    ///
+    /// [`TaskOptions::acks_late`]: celeriac_core::task::TaskOptions::acks_late
+    pub task_acks_late: bool,
+    /// `task_ignore_result`: no task stores its result unless its call or definition says
+    /// otherwise.
+    pub task_ignore_result: bool,
+    /// `result_expires`: how long ready results are kept (`None`: forever).
+    pub result_expires: Option<Duration>,
+    /// `result_extended`: store name, args, kwargs, worker, retries and queue with results.
+    pub result_extended: bool,
+    /// `timezone`: the IANA name Celery uses for crontab schedules and displayed times.
+    /// Stored for the schedulers to come; nothing reads it yet.
+    pub timezone: String,
+    /// `worker_concurrency` (default: number of CPUs).
+    pub worker_concurrency: Option<usize>,
+    /// `worker_prefetch_multiplier`.
+    pub worker_prefetch_multiplier: usize,
+    /// `worker_shutdown_timeout` (a celeriac setting): how long a graceful shutdown waits
+    /// for running tasks.
+    pub worker_shutdown_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            broker_url: None,
+            broker_transport_options: serde_json::Map::new(),
+            result_backend: None,
+            task_default_queue: "celery".into(),
+            task_routes: Vec::new(),
+            task_acks_late: false,
+            task_ignore_result: false,
+            result_expires: Some(Duration::from_secs(86_400)),
+            result_extended: false,
+            timezone: "UTC".into(),
+            worker_concurrency: None,
+            worker_prefetch_multiplier: 4,
+            worker_shutdown_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Config {
+    /// This configuration with a file, the environment and flags layered over it.
+    ///
+    /// ```
+    /// use celeriac::{Config, ConfigSources};
+    ///
+    /// let sources = ConfigSources::new().env([("CELERIAC_WORKER_CONCURRENCY", "8")]);
+    /// let loaded = Config::default().load(&sources)?;
+    /// assert_eq!(loaded.config().worker_concurrency, Some(8));
+    /// let origin = loaded.origin("worker_concurrency").unwrap();
+    /// assert_eq!(origin.to_string(), "env CELERIAC_WORKER_CONCURRENCY");
+    /// # Ok::<(), celeriac::ConfigError>(())
+    /// ```
+    pub fn load(&self, sources: &ConfigSources) -> Result<LoadedConfig, ConfigError> {
+        load::load(self, sources)
+    }
+
+    /// The broker URL in force.
+    pub fn resolved_broker_url(&self) -> String {
+        non_empty(self.broker_url.as_deref())
+            .unwrap_or(DEFAULT_URL)
+            .to_string()
+    }
+
+    /// The result backend URL in force: `result_backend` when set (`disabled` included),
+    /// else where the broker can keep results: the embedded store and Redis keep them in
+    /// the broker's own file or server, RabbitMQ sends them back as messages (`rpc://`).
+    pub fn resolved_backend_url(&self) -> String {
+        if let Some(backend) = non_empty(self.result_backend.as_deref()) {
+            return backend.to_string();
+        }
+        let broker = self.resolved_broker_url();
+        let scheme = broker.split_once(':').map_or("", |(scheme, _)| scheme);
+        match scheme {
+            "amqp" | "amqps" | "pyamqp" => RPC_BACKEND.to_string(),
+            _ => broker,
+        }
+    }
+
+    /// Whether results are stored at all (`result_backend = "disabled"` turns them off).
+    pub fn results_disabled(&self) -> bool {
+        self.resolved_backend_url() == DISABLED_BACKEND
+    }
+
+    /// `task_ignore_result`: whether calls default to storing no result.
+    pub fn task_ignore_result(&self) -> bool {
+        self.task_ignore_result
+    }
+
+    /// The queue `task_routes` sends `task_name` to, if any route matches.
+    pub fn route(&self, task_name: &str) -> Option<&str> {
+        self.task_routes
+            .iter()
+            .find(|(pattern, _)| glob_match(pattern, task_name))
+            .map(|(_, q)| q.as_str())
+    }
+}
+
+fn non_empty(value: Option<&str>) -> Option<&str> {
+    value.map(str::trim).filter(|v| !v.is_empty())
+}
+
+/// `*` matches any run of characters, as in Celery's glob routes.
+fn glob_match(pattern: &str, name: &str) -> bool {
+    match pattern.split_once('*') {
+        None => pattern == name,
+        Some((head, tail)) => {
+            let Some(rest) = name.strip_prefix(head) else {
+                return false;
+            };
+            if tail.is_empty() {
+                return true;
+            }
+            (0..=rest.len())
+                .filter(|i| rest.is_char_boundary(*i))
+                .any(|i| glob_match(tail, &rest[i..]))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_match_globs_first_wins() {
+        let c = Config {
+            task_routes: vec![
+                ("tasks.sl*".into(), "slow".into()),
+                ("tasks.*".into(), "fast".into()),
+            ],
+            ..Config::default()
+        };
+        assert_eq!(c.route("tasks.sleep"), Some("slow"));
+        assert_eq!(c.route("tasks.add"), Some("fast"));
+        assert_eq!(c.route("other.add"), None);
+        assert!(glob_match("a*b*c", "aXXbYc"));
+        assert!(!glob_match("a*b*c", "aXXbY"));
+    }
+
+    fn backend_for(broker: Option<&str>, backend: Option<&str>) -> String {
+        Config {
+            broker_url: broker.map(String::from),
+            result_backend: backend.map(String::from),
+            ..Config::default()
+        }
+        .resolved_backend_url()
+    }
+
+    #[test]
+    fn result_backend_defaults_follow_the_broker() {
+        assert_eq!(backend_for(None, None), DEFAULT_URL);
+        assert_eq!(
+            backend_for(Some("sqlite:///tmp/x.db"), None),
+            "sqlite:///tmp/x.db"
+        );
+        assert_eq!(
+            backend_for(Some("redis://h:6379/2"), None),
+            "redis://h:6379/2"
+        );
+        assert_eq!(backend_for(Some("rediss://h/0"), None), "rediss://h/0");
+        for amqp in ["amqp://guest@h//", "amqps://h//", "pyamqp://h//"] {
+            assert_eq!(backend_for(Some(amqp), None), RPC_BACKEND, "{amqp}");
+        }
+        assert_eq!(backend_for(Some("  "), Some("")), DEFAULT_URL);
+    }
+
+    #[test]
+    fn an_explicit_result_backend_wins_and_disabled_is_a_value() {
+        assert_eq!(
+            backend_for(Some("amqp://h//"), Some("redis://h/1")),
+            "redis://h/1"
+        );
+        assert_eq!(
+            backend_for(Some("redis://h/0"), Some("disabled")),
+            "disabled"
+        );
+        let disabled = Config {
+            result_backend: Some(DISABLED_BACKEND.into()),
+            ..Config::default()
+        };
+        assert!(disabled.results_disabled());
+        assert!(!Config::default().results_disabled());
+    }
+}
