@@ -88,5 +88,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     shutdown.graceful();
     running.await??;
+    app.close().await?;
     Ok(())
 }

@@ -47,6 +47,24 @@ fn env(db: u8, test: &str) -> Option<(Env, TestVhost)> {
     Some((Env { broker, backend }, vhost))
 }
 
+/// A vhost of the test's own and no Redis: results go through rpc:// (`backend` as given).
+fn rpc_env(test: &str, backend: &str) -> Option<(Env, TestVhost)> {
+    let Ok(amqp) = std::env::var("CELERIAC_TEST_AMQP_URL") else {
+        eprintln!("skipped {test}: CELERIAC_TEST_AMQP_URL not set");
+        return None;
+    };
+    require_python(test);
+    let name = format!("celeriac-interop-{test}-{}", std::process::id());
+    let vhost = TestVhost::create(&amqp, &name).unwrap_or_else(|| {
+        panic!("{test}: rabbitmqctl could not create vhost {name} (the tests need it)")
+    });
+    let e = Env {
+        broker: vhost.url.clone(),
+        backend: backend.to_string(),
+    };
+    Some((e, vhost))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_client_to_celeriac_worker_on_rabbitmq() {
     let Some((e, _vhost)) = env(6, "py-to-rust") else {
@@ -221,12 +239,28 @@ impl CutProxy {
 /// A celeriac worker reaching RabbitMQ through a proxy loses its connections while late-ack
 /// tasks run: it reconnects, the tasks whose acks were lost come back marked redelivered and
 /// are not run again (their result is already stored), nothing is lost, and revokes reach it
-/// again.
+/// again. Results in Redis.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn network_cut_under_a_worker_loses_nothing_and_runs_nothing_twice() {
     let Some((e, _vhost)) = env(4, "network-cut") else {
         return;
     };
+    network_cut_loses_nothing(e).await;
+}
+
+/// The same cut with the default result backend on RabbitMQ (rpc://, nothing to ask whether a
+/// task finished): the worker's own record of finished ids keeps redelivered copies from
+/// running twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn network_cut_with_the_default_rpc_backend_runs_nothing_twice() {
+    // No result backend configured anywhere: the default.
+    let Some((e, _vhost)) = rpc_env("network-cut-rpc", "") else {
+        return;
+    };
+    network_cut_loses_nothing(e).await;
+}
+
+async fn network_cut_loses_nothing(e: Env) {
     let (scheme_host, vhost) = e.broker.rsplit_once('/').expect("broker URL has a vhost");
     let host_port = scheme_host.rsplit('@').next().unwrap().to_string();
     let proxy = CutProxy::start(host_port);
@@ -263,7 +297,45 @@ async fn network_cut_under_a_worker_loses_nothing_and_runs_nothing_twice() {
     assert_eq!(count(&log, revoked.id(), "succeeded"), 0, "{log:#?}");
     assert!(
         log.iter()
-            .any(|l| l.contains("redelivered but already SUCCESS: not run again")),
+            .any(|l| l.contains("redelivered but already") && l.contains(": not run again")),
         "the cut sent no finished task back: {log:#?}"
     );
+}
+
+/// Celery's rpc:// result backend, both ways: a Python client with `backend="rpc://"` gets
+/// results (and failures, retries) from a celeriac worker, a celeriac client gets them from a
+/// Python worker; with an AMQP broker and no backend configured, rpc:// is the default; and
+/// another process asking for an rpc:// result is told why it cannot have it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rpc_results_both_directions() {
+    let Some((e, _vhost)) = rpc_env("rpc", "rpc://") else {
+        return;
+    };
+    drop(python_calls_celeriac_worker(&e));
+    celeriac_calls_python_worker(&e).await;
+
+    let worker = rust_worker(&e, "celery", "");
+    let app = celeriac_demo::app().reconfigured(|c| {
+        c.broker_url = Some(e.broker.clone());
+        c.result_backend = None;
+    });
+    assert_eq!(app.backend().await.unwrap().display_url(), "rpc://");
+    let sent = add::delay(&app, 20, 22).await.unwrap();
+    assert_eq!(sent.get(WAIT).await.unwrap(), 42);
+    let out = std::process::Command::new(DEMO)
+        .args(["result", sent.id(), "--wait", "5"])
+        .env("CELERIAC_BROKER_URL", &e.broker)
+        .env("CELERIAC_RESULT_BACKEND", "rpc://")
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("demo binary runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("was not sent by this process")
+            && stderr.contains("delivers results only to the process that sent the task"),
+        "{stderr}"
+    );
+    app.close().await.unwrap();
+    drop(worker.stop());
 }
