@@ -753,3 +753,28 @@ async fn dead_letters_round_trip() {
         ["bad"]
     );
 }
+
+/// `?confirm_publish=false`: publishes return without confirms (Celery's default), and
+/// `close` hands RabbitMQ everything published before it; publishing after `close` fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fire_and_forget_publishes_arrive_once_closed() {
+    let Some(base) = base_url() else { return };
+    let vh = Vhost::new(&base);
+    let q = unique("nocf");
+    let sep = if vh.url.contains('?') { '&' } else { '?' };
+    let fire = AmqpBroker::open(&format!("{}{sep}confirm_publish=false", vh.url))
+        .await
+        .expect("open without confirms");
+    assert!(!fire.url().confirm_publish);
+    for i in 0..500 {
+        fire.publish(publish(&q, &format!("f{i}")))
+            .await
+            .expect("publish");
+    }
+    fire.close().await.expect("close flushes");
+    let e = fire.publish(publish(&q, "late")).await.unwrap_err();
+    assert_eq!(e.kind(), celeriac_core::ErrorKind::Closed, "{e}");
+
+    let b = AmqpBroker::open(&vh.url).await.expect("open");
+    assert_eq!(ready_count(&b, &q).await, 500);
+}

@@ -72,7 +72,14 @@ fn dispatch(app: App, cli: Cli, has_tasks: bool) -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return fail(&format!("cannot start the async runtime: {e}")),
     };
-    match runtime.block_on(execute(app, &loaded, cli.command, has_tasks)) {
+    let outcome = runtime.block_on(async {
+        let outcome = execute(app.clone(), &loaded, cli.command, has_tasks).await;
+        // What a verb published is flushed before the process ends (fire-and-forget
+        // publishing, `confirm_publish=false`, would otherwise lose it).
+        let closed = app.close().await.map_err(|e| e.to_string());
+        outcome.and(closed)
+    });
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => fail(&message),
     }

@@ -27,6 +27,29 @@ struct AppInner {
     oid: String,
 }
 
+/// The last clone of an app closes its connections in the background, when it is dropped
+/// inside a tokio runtime that keeps running (dropping never blocks) and nothing else (a
+/// worker) still uses them. A process about to exit calls [`App::close`] instead: a runtime
+/// shutting down may not run the background close.
+impl Drop for AppInner {
+    fn drop(&mut self) {
+        let Some(connections) = self.connections.take() else {
+            return;
+        };
+        if Arc::strong_count(&connections.broker) > 1 || Arc::strong_count(&connections.backend) > 1
+        {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        runtime.spawn(async move {
+            let _ = connections.backend.close().await;
+            let _ = connections.broker.close().await;
+        });
+    }
+}
+
 pub struct AppBuilder {
     name: String,
     config: Config,

@@ -90,6 +90,14 @@ async fn slow(seconds: f64) -> f64 {
     seconds
 }
 
+static REQUEUED_RUNS: AtomicU32 = AtomicU32::new(0);
+
+/// Only the requeue-on-failed-store test uses this task: its run count is that test's own.
+#[task(name = "t.requeued", acks_late = true)]
+async fn requeued() -> u32 {
+    REQUEUED_RUNS.fetch_add(1, Ordering::SeqCst) + 1
+}
+
 static DRAIN_STARTS: AtomicU32 = AtomicU32::new(0);
 
 /// Only the graceful-shutdown test uses this task, so its start count is that test's own.
@@ -143,6 +151,7 @@ fn app_at(dir: &tempfile::TempDir) -> App {
         .task::<slow>()
         .task::<count_runs>()
         .task::<counted_slow>()
+        .task::<requeued>()
         .build()
 }
 
@@ -688,4 +697,144 @@ async fn a_big_batch_is_sent_whole_and_in_order() {
     assert_eq!(ids, expected.iter().map(String::as_str).collect::<Vec<_>>());
     let lengths = celery_lengths(&app).await;
     assert_eq!(lengths[0].ready, 5000);
+}
+
+/// `result_backend = "disabled"`: tasks run, nothing is stored, and reading a result is one
+/// clear error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disabled_backend_runs_tasks_and_says_results_are_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app_at(&dir).reconfigured(|c| c.result_backend = Some("disabled".into()));
+    assert_eq!(app.backend().await.unwrap().display_url(), "disabled");
+    let (shutdown, join) = spawn_worker(&app, 2).await;
+    let sent = add::delay(&app, 1, 2).await.unwrap();
+    wait_queue_empty(&app).await;
+    match sent.get(WAIT).await {
+        Err(e @ ResultError::Backend(_)) => assert!(
+            e.to_string()
+                .starts_with("results are disabled: configure a result backend"),
+            "{e}"
+        ),
+        other => panic!("expected the disabled error, got {other:?}"),
+    }
+    shutdown.graceful();
+    join.await.unwrap().unwrap();
+}
+
+/// A backend that fails its first `failing` stores of a final state, then works (or fails
+/// them all): the planted fault for the worker's store retries.
+struct FailingStores {
+    inner: std::sync::Arc<dyn celeriac::core::ResultBackend>,
+    failing: AtomicU32,
+}
+
+#[async_trait::async_trait]
+impl celeriac::core::ResultBackend for FailingStores {
+    fn display_url(&self) -> String {
+        "failing-stores".into()
+    }
+    async fn store(
+        &self,
+        meta: &celeriac::TaskMeta,
+        expires: Option<Duration>,
+    ) -> Result<(), celeriac::core::BackendError> {
+        let left = self.failing.load(Ordering::SeqCst);
+        if meta.status.is_ready() && left > 0 {
+            self.failing.store(left - 1, Ordering::SeqCst);
+            return Err(celeriac::core::BackendError::new(
+                celeriac::core::ErrorKind::Unreachable,
+                "planted: broken pipe",
+            ));
+        }
+        self.inner.store(meta, expires).await
+    }
+    async fn get(
+        &self,
+        id: &str,
+    ) -> Result<Option<celeriac::TaskMeta>, celeriac::core::BackendError> {
+        self.inner.get(id).await
+    }
+    async fn forget(&self, id: &str) -> Result<(), celeriac::core::BackendError> {
+        self.inner.forget(id).await
+    }
+    async fn save_group(
+        &self,
+        g: &str,
+        ids: &[String],
+        e: Option<Duration>,
+    ) -> Result<(), celeriac::core::BackendError> {
+        self.inner.save_group(g, ids, e).await
+    }
+    async fn restore_group(
+        &self,
+        g: &str,
+    ) -> Result<Option<Vec<String>>, celeriac::core::BackendError> {
+        self.inner.restore_group(g).await
+    }
+}
+
+async fn worker_with_failing_stores(
+    app: &App,
+    failing: u32,
+    retry_for: Duration,
+) -> (celeriac::ShutdownHandle, WorkerJoin) {
+    let backend = std::sync::Arc::new(FailingStores {
+        inner: app.backend().await.unwrap(),
+        failing: AtomicU32::new(failing),
+    });
+    let config = WorkerConfig {
+        concurrency: 2,
+        result_store_retry_for: retry_for,
+        ..app.worker_config()
+    };
+    let worker = celeriac::Worker::new(
+        app.broker().await.unwrap(),
+        backend,
+        app.registry().clone(),
+        config,
+    );
+    (worker.shutdown_handle(), tokio::spawn(worker.run()))
+}
+
+/// A store that fails a few times is retried until it goes through: the result is there and
+/// the late-ack message is acked once, after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_result_store_is_retried_until_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app_at(&dir);
+    let (shutdown, join) = worker_with_failing_stores(&app, 3, WAIT).await;
+    let sent = slow::delay(&app, 0.0).await.unwrap();
+    assert_eq!(sent.get(WAIT).await.unwrap(), 0.0);
+    wait_queue_empty(&app).await;
+    shutdown.graceful();
+    join.await.unwrap().unwrap();
+}
+
+/// A backend down past the retry bound: the late-ack message goes back to its queue instead
+/// of being acked with its result lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_ack_message_goes_back_when_its_result_cannot_be_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app_at(&dir);
+    let (shutdown, join) =
+        worker_with_failing_stores(&app, u32::MAX, Duration::from_millis(200)).await;
+    let sent = requeued::delay(&app).await.unwrap();
+    // Requeued after each failed store and run again: wait until it ran at least twice.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let runs = REQUEUED_RUNS.load(Ordering::SeqCst);
+        if runs >= 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "ran {runs} times: never requeued"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    shutdown.now();
+    join.await.unwrap().unwrap();
+    let q = celery_lengths(&app).await;
+    assert_eq!(q[0].ready, 1, "the message is back in its queue: {q:?}");
+    assert_eq!(sent.state().await.unwrap(), TaskState::Pending);
 }
