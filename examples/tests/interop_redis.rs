@@ -15,24 +15,8 @@ use common::*;
 
 /// One test's Redis database, flushed; `None` (test skipped) without CELERIAC_TEST_REDIS_URL.
 fn env(db: u8, test: &str) -> Option<Env> {
-    let Ok(base) = std::env::var("CELERIAC_TEST_REDIS_URL") else {
-        eprintln!("skipped {test}: CELERIAC_TEST_REDIS_URL not set");
-        return None;
-    };
+    let url = redis_db(test, db)?;
     require_python(test);
-    // Keep scheme, credentials and host; the database is this test's own.
-    let without_query = base.split('?').next().unwrap_or(&base);
-    let (scheme, rest) = without_query
-        .split_once("://")
-        .expect("CELERIAC_TEST_REDIS_URL is a URL");
-    let authority = rest.split('/').next().unwrap_or(rest);
-    let root = format!("{scheme}://{authority}");
-    let url = format!("{root}/{db}");
-    let client = redis::Client::open(url.as_str()).expect("redis url");
-    let mut conn = client
-        .get_connection()
-        .unwrap_or_else(|e| panic!("{test}: Redis at {url} is down: {e}"));
-    redis::cmd("FLUSHDB").exec(&mut conn).expect("FLUSHDB");
     Some(Env {
         broker: url.clone(),
         backend: url,

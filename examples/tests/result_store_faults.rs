@@ -19,22 +19,6 @@ use common::*;
 const TASKS: usize = 4000;
 const KILLS: usize = 6;
 
-fn redis_db_url(test: &str, db: u8) -> Option<String> {
-    let Ok(base) = std::env::var("CELERIAC_TEST_REDIS_URL") else {
-        eprintln!("skipped {test}: CELERIAC_TEST_REDIS_URL not set");
-        return None;
-    };
-    let without_query = base.split('?').next().unwrap_or(&base);
-    let (scheme, rest) = without_query
-        .split_once("://")
-        .expect("CELERIAC_TEST_REDIS_URL is a URL");
-    let authority = rest.split('/').next().unwrap_or(rest);
-    let url = format!("{scheme}://{authority}/{db}");
-    let mut conn = redis_conn(&url);
-    redis::cmd("FLUSHDB").exec(&mut conn).expect("FLUSHDB");
-    Some(url)
-}
-
 fn redis_conn(url: &str) -> redis::Connection {
     redis::Client::open(url)
         .expect("redis url")
@@ -149,7 +133,7 @@ async fn drain_through_kills(e: &Env, results_db_url: &str, db: u8, broker_optio
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_result_is_lost_when_redis_connections_are_killed() {
     let db = 2;
-    let Some(url) = redis_db_url("redis-kills", db) else {
+    let Some(url) = redis_db("redis-kills", db) else {
         return;
     };
     let e = Env {
@@ -165,7 +149,7 @@ async fn no_result_is_lost_when_redis_connections_are_killed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_result_is_lost_when_result_connections_are_killed_on_rabbitmq() {
     let db = 3;
-    let Some(url) = redis_db_url("amqp-redis-kills", db) else {
+    let Some(url) = redis_db("amqp-redis-kills", db) else {
         return;
     };
     let Ok(amqp) = std::env::var("CELERIAC_TEST_AMQP_URL") else {

@@ -22,6 +22,27 @@ pub struct Env {
     pub backend: String,
 }
 
+/// Database `db` of the Redis at `CELERIAC_TEST_REDIS_URL` (scheme, credentials and host kept),
+/// flushed: the test's own. `None` (test skipped, with a message) when the variable is unset.
+pub fn redis_db(test: &str, db: u8) -> Option<String> {
+    let Ok(base) = std::env::var("CELERIAC_TEST_REDIS_URL") else {
+        eprintln!("skipped {test}: CELERIAC_TEST_REDIS_URL not set");
+        return None;
+    };
+    let without_query = base.split('?').next().unwrap_or(&base);
+    let (scheme, rest) = without_query
+        .split_once("://")
+        .expect("CELERIAC_TEST_REDIS_URL is a URL");
+    let authority = rest.split('/').next().unwrap_or(rest);
+    let url = format!("{scheme}://{authority}/{db}");
+    let client = redis::Client::open(url.as_str()).expect("redis url");
+    let mut conn = client
+        .get_connection()
+        .unwrap_or_else(|e| panic!("{test}: Redis at {url} is down: {e}"));
+    redis::cmd("FLUSHDB").exec(&mut conn).expect("FLUSHDB");
+    Some(url)
+}
+
 pub fn interop_dir() -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/interop"))
 }
