@@ -48,6 +48,8 @@ pub struct WorkerConfig {
     /// How many recently finished task ids the worker remembers, to recognize redelivered
     /// messages of finished tasks without asking the backend.
     pub finished_ids_kept: usize,
+    /// `task_acks_late`: every task acks late, whatever its own option says.
+    pub task_acks_late: bool,
 }
 
 impl Default for WorkerConfig {
@@ -65,6 +67,7 @@ impl Default for WorkerConfig {
             revoke_poll_interval: Duration::from_millis(100),
             result_store_retry_for: Duration::from_secs(60),
             finished_ids_kept: 65_536,
+            task_acks_late: false,
         }
     }
 }
@@ -631,7 +634,7 @@ impl Shared {
             return settle;
         }
 
-        let acks_late = options.acks_late;
+        let acks_late = options.acks_late || self.config.task_acks_late;
         if !acks_late {
             self.settle(&delivery.tag, Settle::Ack).await;
         }

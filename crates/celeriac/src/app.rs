@@ -163,8 +163,13 @@ impl App {
         self.inner
             .connections
             .get_or_try_init(|| async {
-                let broker = self.inner.config.resolved_broker_url();
-                let backend = self.inner.config.resolved_backend_url();
+                let config = &self.inner.config;
+                let broker = config.broker_connect_url().map_err(Error::Config)?;
+                let mut backend = config.resolved_backend_url();
+                // A backend that is the broker's own store stays the same store.
+                if backend == config.resolved_broker_url() {
+                    backend = broker.clone();
+                }
                 let context = connect::BackendContext {
                     reply_queue: &self.inner.oid,
                     result_expires: self.inner.config.result_expires,
@@ -214,6 +219,7 @@ impl App {
         w.result_expires = c.result_expires;
         w.result_extended = c.result_extended;
         w.shutdown_timeout = c.worker_shutdown_timeout;
+        w.task_acks_late = c.task_acks_late;
         w
     }
 

@@ -90,6 +90,16 @@ async fn slow(seconds: f64) -> f64 {
     seconds
 }
 
+static NAPS_STARTED: AtomicU32 = AtomicU32::new(0);
+
+/// Early ack by its own options; only the `task_acks_late` test uses it.
+#[task(name = "t.nap")]
+async fn nap(seconds: f64) -> f64 {
+    NAPS_STARTED.fetch_add(1, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
+    seconds
+}
+
 static REQUEUED_RUNS: AtomicU32 = AtomicU32::new(0);
 
 /// Only the requeue-on-failed-store test uses this task: its run count is that test's own.
@@ -152,6 +162,7 @@ fn app_at(dir: &tempfile::TempDir) -> App {
         .task::<count_runs>()
         .task::<counted_slow>()
         .task::<requeued>()
+        .task::<nap>()
         .build()
 }
 
@@ -837,4 +848,24 @@ async fn a_late_ack_message_goes_back_when_its_result_cannot_be_stored() {
     let q = celery_lengths(&app).await;
     assert_eq!(q[0].ready, 1, "the message is back in its queue: {q:?}");
     assert_eq!(sent.state().await.unwrap(), TaskState::Pending);
+}
+
+/// `task_acks_late = true` acks every task late, even one whose own option is early ack: a
+/// cold shutdown while it runs puts it back in its queue instead of failing it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn task_acks_late_makes_every_task_ack_late() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app_at(&dir).reconfigured(|c| c.task_acks_late = true);
+    let r = nap::delay(&app, 30.0).await.unwrap();
+    let (shutdown, join) = spawn_worker(&app, 1).await;
+    let deadline = Instant::now() + WAIT;
+    while NAPS_STARTED.load(Ordering::SeqCst) == 0 {
+        assert!(Instant::now() < deadline, "the nap never started");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    shutdown.now();
+    join.await.unwrap().unwrap();
+    assert_eq!(r.state().await.unwrap(), TaskState::Pending);
+    let lengths = celery_lengths(&app).await;
+    assert_eq!((lengths[0].ready, lengths[0].unacked), (1, 0));
 }

@@ -37,10 +37,9 @@ pub struct Config {
     pub task_default_queue: String,
     /// `task_routes`: (task name pattern with `*` wildcards, queue), first match wins.
     pub task_routes: Vec<(String, String)>,
-    /// `task_acks_late`: the app-wide default of [`TaskOptions::acks_late`].
-    ///
-    /// Stored and shown, but not yet applied: a task's options come from its definition
-    /// (`#[task(acks_late = true)]`) or `AppBuilder::task_with`.
+    /// `task_acks_late`: with `true`, every task acks late (after its result is stored),
+    /// whatever its own [`TaskOptions::acks_late`] says; with `false`, each task's own option
+    /// decides.
     ///
     /// [`TaskOptions::acks_late`]: celeriac_core::task::TaskOptions::acks_late
     pub task_acks_late: bool,
@@ -107,6 +106,42 @@ impl Config {
             .to_string()
     }
 
+    /// The broker URL to connect to: [`Config::resolved_broker_url`] with each
+    /// `broker_transport_options` entry added as a URL option (`visibility_timeout`,
+    /// `confirm_publish`, `global_keyprefix`, `max_priority`, `queue_type`, ...), unless
+    /// the URL names that option itself (the URL is the more specific). Values must be
+    /// strings, numbers or booleans; the engine reports options it does not know.
+    pub fn broker_connect_url(&self) -> Result<String, String> {
+        let mut url = self.resolved_broker_url();
+        let named: Vec<String> = url
+            .split_once('?')
+            .map(|(_, q)| {
+                q.split('&')
+                    .map(|p| p.split('=').next().unwrap_or("").to_string())
+                    .collect()
+            })
+            .unwrap_or_default();
+        for (key, value) in &self.broker_transport_options {
+            if named.iter().any(|n| n == key) {
+                continue;
+            }
+            let text = match value {
+                serde_json::Value::String(s) => s.clone(),
+                serde_json::Value::Number(n) => n.to_string(),
+                serde_json::Value::Bool(b) => b.to_string(),
+                other => {
+                    return Err(format!(
+                        "broker_transport_options.{key} = {other}: celeriac passes transport \
+                         options to the broker URL, so each must be a string, number or boolean"
+                    ))
+                }
+            };
+            url.push(if url.contains('?') { '&' } else { '?' });
+            url.push_str(&format!("{key}={}", percent_encode(&text)));
+        }
+        Ok(url)
+    }
+
     /// The result backend URL in force: `result_backend` when set (`disabled` included),
     /// else where the broker can keep results: the embedded store and Redis keep them in
     /// the broker's own file or server, RabbitMQ sends them back as messages (`rpc://`).
@@ -141,6 +176,16 @@ impl Config {
     }
 }
 
+/// Escapes what would end a URL option's value early.
+fn percent_encode(text: &str) -> String {
+    text.chars()
+        .map(|c| match c {
+            '%' | '&' | '=' | '#' | '?' | ' ' | '+' => format!("%{:02X}", c as u32),
+            c => c.to_string(),
+        })
+        .collect()
+}
+
 fn non_empty(value: Option<&str>) -> Option<&str> {
     value.map(str::trim).filter(|v| !v.is_empty())
 }
@@ -166,6 +211,26 @@ fn glob_match(pattern: &str, name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn transport_options_become_url_options_the_url_wins() {
+        let mut c = Config {
+            broker_url: Some("redis://h:6379/0?visibility_timeout=10".into()),
+            ..Config::default()
+        };
+        c.broker_transport_options
+            .insert("visibility_timeout".into(), 99.into());
+        c.broker_transport_options
+            .insert("global_keyprefix".into(), "a&b".into());
+        assert_eq!(
+            c.broker_connect_url().unwrap(),
+            "redis://h:6379/0?visibility_timeout=10&global_keyprefix=a%26b"
+        );
+        c.broker_transport_options
+            .insert("priority_steps".into(), serde_json::json!([0, 3]));
+        let e = c.broker_connect_url().unwrap_err();
+        assert!(e.contains("broker_transport_options.priority_steps"), "{e}");
+    }
 
     #[test]
     fn routes_match_globs_first_wins() {
