@@ -106,46 +106,12 @@ impl AmqpUrl {
             },
             None => ("guest".to_string(), Some("guest".to_string())),
         };
-        let mut max_priority = None;
-        let mut quorum = false;
-        let mut confirm_publish = true;
-        let mut passthrough = Vec::new();
-        for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            match k {
-                "max_priority" | "x-max-priority" => {
-                    let n: u8 = v
-                        .parse()
-                        .map_err(|_| invalid(url, format!("max_priority={v:?} is not 0..=255")))?;
-                    max_priority = (n > 0).then_some(n);
-                }
-                "queue_type" => {
-                    quorum = match v {
-                        "quorum" => true,
-                        "classic" | "" => false,
-                        other => {
-                            return Err(invalid(
-                                url,
-                                format!("queue_type={other:?} is not quorum or classic"),
-                            ))
-                        }
-                    }
-                }
-                "confirm_publish" => {
-                    confirm_publish = match v.to_ascii_lowercase().as_str() {
-                        "true" | "1" | "yes" | "on" | "" => true,
-                        "false" | "0" | "no" | "off" => false,
-                        other => {
-                            return Err(invalid(
-                                url,
-                                format!("confirm_publish={other:?} is not true or false"),
-                            ))
-                        }
-                    }
-                }
-                _ => passthrough.push(pair.to_string()),
-            }
-        }
+        let UrlOptions {
+            max_priority,
+            quorum,
+            confirm_publish,
+            passthrough,
+        } = UrlOptions::parse(url, query.unwrap_or(""))?;
         if quorum && max_priority.is_some() {
             return Err(invalid(
                 url,
@@ -186,6 +152,65 @@ impl AmqpUrl {
     /// `host:port/vhost`, for error messages (never the password).
     pub fn place(&self) -> String {
         format!("{}:{}/{}", self.host, self.port, self.vhost)
+    }
+}
+
+/// celeriac's own options in an AMQP URL's query; the rest goes to lapin.
+struct UrlOptions {
+    max_priority: Option<u8>,
+    quorum: bool,
+    confirm_publish: bool,
+    passthrough: Vec<String>,
+}
+
+impl UrlOptions {
+    fn parse(url: &str, query: &str) -> Result<UrlOptions, BrokerError> {
+        let mut max_priority = None;
+        let mut quorum = false;
+        let mut confirm_publish = true;
+        let mut passthrough = Vec::new();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            match k {
+                "max_priority" | "x-max-priority" => {
+                    let n: u8 = v
+                        .parse()
+                        .map_err(|_| invalid(url, format!("max_priority={v:?} is not 0..=255")))?;
+                    max_priority = (n > 0).then_some(n);
+                }
+                "queue_type" => {
+                    quorum = match v {
+                        "quorum" => true,
+                        "classic" | "" => false,
+                        other => {
+                            return Err(invalid(
+                                url,
+                                format!("queue_type={other:?} is not quorum or classic"),
+                            ))
+                        }
+                    }
+                }
+                "confirm_publish" => {
+                    confirm_publish = match v.to_ascii_lowercase().as_str() {
+                        "true" | "1" | "yes" | "on" | "" => true,
+                        "false" | "0" | "no" | "off" => false,
+                        other => {
+                            return Err(invalid(
+                                url,
+                                format!("confirm_publish={other:?} is not true or false"),
+                            ))
+                        }
+                    }
+                }
+                _ => passthrough.push(pair.to_string()),
+            }
+        }
+        Ok(UrlOptions {
+            max_priority,
+            quorum,
+            confirm_publish,
+            passthrough,
+        })
     }
 }
 

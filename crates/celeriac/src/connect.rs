@@ -25,7 +25,8 @@ pub struct Connections {
 /// The result backend value that turns results off.
 pub const DISABLED: &str = "disabled";
 
-/// What a result backend learns from the app that opens it.
+/// What a result backend learns from the app that opens it (only rpc:// reads it).
+#[cfg_attr(not(feature = "amqp"), allow(dead_code))]
 pub struct BackendContext<'a> {
     /// The `reply_to` of the tasks this app sends: rpc:// listens on a queue of that name.
     pub reply_queue: &'a str,
@@ -187,6 +188,7 @@ struct OpenedBroker {
 }
 
 impl OpenedBroker {
+    #[cfg(any(feature = "sqlite", feature = "redis"))]
     fn plain(broker: Arc<dyn Broker>) -> OpenedBroker {
         OpenedBroker {
             broker,
