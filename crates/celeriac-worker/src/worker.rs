@@ -50,6 +50,9 @@ pub struct WorkerConfig {
     pub finished_ids_kept: usize,
     /// `task_acks_late`: every task acks late, whatever its own option says.
     pub task_acks_late: bool,
+    /// `task_ignore_result`: no task stores its result here (as Celery's worker, whatever
+    /// the message says).
+    pub task_ignore_result: bool,
 }
 
 impl Default for WorkerConfig {
@@ -68,6 +71,7 @@ impl Default for WorkerConfig {
             result_store_retry_for: Duration::from_secs(60),
             finished_ids_kept: 65_536,
             task_acks_late: false,
+            task_ignore_result: false,
         }
     }
 }
@@ -638,7 +642,7 @@ impl Shared {
         if !acks_late {
             self.settle(&delivery.tag, Settle::Ack).await;
         }
-        if options.track_started && !(h.ignore_result || options.ignore_result) {
+        if options.track_started && self.keeps_result(h, options) {
             self.store(msg, &builder.started()).await;
         }
         let mut ctx = TaskContext::new(
@@ -675,7 +679,7 @@ impl Shared {
             .unwrap_or_else(|p| p.into_inner())
             .remove(&h.id);
         let runtime = started.elapsed().as_secs_f64();
-        let keep_result = !(h.ignore_result || options.ignore_result);
+        let keep_result = self.keeps_result(h, options);
         let done = if acks_late { Settle::Ack } else { Settle::Done };
 
         match ending {
@@ -782,6 +786,12 @@ impl Shared {
                 }
             }
         }
+    }
+
+    /// Whether the task's states are stored: not when the message, the task or the worker's
+    /// `task_ignore_result` says to ignore them.
+    fn keeps_result(&self, h: &celeriac_core::message::TaskHeaders, options: &TaskOptions) -> bool {
+        !(h.ignore_result || options.ignore_result || self.config.task_ignore_result)
     }
 
     /// Waits while another delivery of task `id` is in this worker's hands; false when the
@@ -906,7 +916,7 @@ impl Shared {
         self.counters.retried.fetch_add(1, Ordering::Relaxed);
         // RETRY goes in before the new message exists: stored after, it could overwrite the
         // final state of a retry that already ran (only SUCCESS is protected).
-        if !(h.ignore_result || options.ignore_result) {
+        if self.keeps_result(h, options) {
             self.store(msg, &builder.retry(&exc, traceback)).await;
         }
         if let Err(e) = self.broker.publish(publish).await {

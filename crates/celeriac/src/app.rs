@@ -220,6 +220,7 @@ impl App {
         w.result_extended = c.result_extended;
         w.shutdown_timeout = c.worker_shutdown_timeout;
         w.task_acks_late = c.task_acks_late;
+        w.task_ignore_result = c.task_ignore_result;
         w
     }
 

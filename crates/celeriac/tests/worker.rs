@@ -869,3 +869,22 @@ async fn task_acks_late_makes_every_task_ack_late() {
     let lengths = celery_lengths(&app).await;
     assert_eq!((lengths[0].ready, lengths[0].unacked), (1, 0));
 }
+
+/// `task_ignore_result = true` on the worker's app: no result is stored, even for a message
+/// sent by a client (Python, say) that asked to keep it, as Celery's worker does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn task_ignore_result_on_the_worker_stores_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let client = app_at(&dir);
+    let worker_app = client.reconfigured(|c| c.task_ignore_result = true);
+    let (shutdown, join) = spawn_worker(&worker_app, 2).await;
+    let sent = add::s(2, 2)
+        .ignore_result(false)
+        .apply_async(&client)
+        .await
+        .unwrap();
+    wait_queue_empty(&client).await;
+    shutdown.graceful();
+    join.await.unwrap().unwrap();
+    assert_eq!(sent.state().await.unwrap(), TaskState::Pending);
+}
