@@ -285,19 +285,26 @@ impl Session {
         }
     }
 
-    /// Closes the publisher connection once everything published has gone out (an AMQP
-    /// close is handled after every frame sent before it). Later publishes fail.
+    /// Closes the publisher connection once RabbitMQ has handled everything published: the
+    /// channel is closed first, and RabbitMQ answers a channel close only after the frames
+    /// sent before it on that channel. Later publishes fail.
     pub(crate) async fn close(&self) -> Result<(), BrokerError> {
         self.closed.store(true, Ordering::SeqCst);
         let link = self.link.lock().await.take();
-        match link {
-            Some(link) if link.conn.status().connected() => link
-                .conn
+        let Some(link) = link.filter(|l| l.conn.status().connected()) else {
+            return Ok(());
+        };
+        let fail = |e| unreachable(&self.url, e);
+        if link.ch.status().connected() {
+            link.ch
                 .close(200, "celeriac closing".into())
                 .await
-                .map_err(|e| unreachable(&self.url, e)),
-            _ => Ok(()),
+                .map_err(fail)?;
         }
+        link.conn
+            .close(200, "celeriac closing".into())
+            .await
+            .map_err(fail)
     }
 
     pub(crate) fn remember(&self, queue: &str) {
