@@ -18,7 +18,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use futures_core::Stream;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::BasicProperties;
@@ -32,7 +31,9 @@ use celeriac_core::json::to_python_json;
 use celeriac_core::time::from_millis;
 use celeriac_core::{BrokerError, ErrorKind};
 
-use crate::session::{connect, is_refusal, unreachable, Declare, OutProps, Outgoing, Session};
+use crate::session::{
+    connect, is_refusal, next_or_stop, unreachable, Declare, Next, OutProps, Outgoing, Session,
+};
 use crate::topology::{self, PIDBOX_EXCHANGE, REVOCATIONS};
 use crate::url::AmqpUrl;
 
@@ -349,16 +350,11 @@ async fn follow(
         backoff = Duration::from_millis(100);
         let mut unacked = 0u64;
         loop {
-            let delivery =
-                std::future::poll_fn(|cx| std::pin::Pin::new(&mut consumer).poll_next(cx));
-            let next = tokio::select! {
-                _ = &mut stop => {
-                    let _ = conn.close(200, "done".into()).await;
-                    return;
-                }
-                next = delivery => next,
+            let d = match next_or_stop(&mut consumer, &mut stop, &conn).await {
+                Next::Delivery(d) => d,
+                Next::Lost => break,
+                Next::Stopped => return,
             };
-            let Some(Ok(d)) = next else { break };
             if let Some(offset) = offset_of(&d.properties) {
                 view.lock()
                     .unwrap_or_else(|p| p.into_inner())

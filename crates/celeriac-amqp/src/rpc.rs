@@ -15,7 +15,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures_core::Stream;
 use lapin::options::{BasicConsumeOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::BasicProperties;
@@ -26,7 +25,7 @@ use celeriac_core::backend::ReplyTo;
 use celeriac_core::state::TaskMeta;
 use celeriac_core::{BackendError, BrokerError, ErrorKind, ResultBackend};
 
-use crate::session::{connect, Declare, OutProps, Outgoing, Session};
+use crate::session::{connect, next_or_stop, Declare, Next, OutProps, Outgoing, Session};
 use crate::url::AmqpUrl;
 
 /// Results kept in memory per process; the oldest ready ones go first past this.
@@ -369,16 +368,11 @@ async fn listen(
         }
         backoff = Duration::from_millis(100);
         loop {
-            let delivery =
-                std::future::poll_fn(|cx| std::pin::Pin::new(&mut consumer).poll_next(cx));
-            let next = tokio::select! {
-                _ = &mut stop => {
-                    let _ = conn.close(200, "done".into()).await;
-                    return;
-                }
-                next = delivery => next,
+            let d = match next_or_stop(&mut consumer, &mut stop, &conn).await {
+                Next::Delivery(d) => d,
+                Next::Lost => break,
+                Next::Stopped => return,
             };
-            let Some(Ok(d)) = next else { break };
             accept(&replies, &arrived, &d.properties, &d.data);
         }
         warn!(

@@ -568,6 +568,38 @@ impl Session {
     }
 }
 
+/// What a follower (the revocation stream's, rpc://'s reply queue's) gets next. Made once per
+/// delivery and matched at once, so the size of the delivery variant costs nothing.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Next {
+    Delivery(lapin::message::Delivery),
+    /// The consumer ended or failed: reconnect.
+    Lost,
+    /// Asked to stop; the connection has been closed.
+    Stopped,
+}
+
+/// The next delivery of a follower's consumer, unless `stop` fires (or its sender is
+/// dropped) first, in which case the follower's connection is closed.
+pub(crate) async fn next_or_stop(
+    consumer: &mut lapin::Consumer,
+    stop: &mut tokio::sync::oneshot::Receiver<()>,
+    conn: &Connection,
+) -> Next {
+    use futures_core::Stream;
+    let delivery = std::future::poll_fn(|cx| std::pin::Pin::new(&mut *consumer).poll_next(cx));
+    tokio::select! {
+        _ = stop => {
+            let _ = conn.close(200, "done".into()).await;
+            Next::Stopped
+        }
+        next = delivery => match next {
+            Some(Ok(d)) => Next::Delivery(d),
+            _ => Next::Lost,
+        },
+    }
+}
+
 /// Whole seconds until `t`, rounded up (so the ladder never delivers early); 0 when due.
 pub(crate) fn delay_seconds(t: DateTime<Utc>, now: DateTime<Utc>) -> u64 {
     let ms = (t - now).num_milliseconds();
