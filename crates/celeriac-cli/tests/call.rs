@@ -2,11 +2,11 @@
 //! `task_with` options apply, and its flags beat them.
 
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use celeriac::core::broker::ConsumerSpec;
 use celeriac::core::message::TaskMessage;
 use celeriac::{task, App};
+use celeriac_testkit::published::take_published;
 use chrono::Utc;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -34,30 +34,8 @@ fn published(app: &App, count: usize) -> Vec<(String, TaskMessage)> {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         let broker = app.broker().await.unwrap();
-        let consumer = broker
-            .consumer(ConsumerSpec {
-                queues: ["celery", "own", "special", "explicit"]
-                    .map(String::from)
-                    .to_vec(),
-                name: "reader@cli".into(),
-                prefetch: 0,
-            })
-            .await
-            .unwrap();
-        let deadline = Instant::now() + WAIT;
-        let mut seen = Vec::new();
-        while seen.len() < count {
-            assert!(
-                Instant::now() < deadline,
-                "only {} of {count} arrived",
-                seen.len()
-            );
-            for d in consumer.fetch(count - seen.len(), WAIT).await.unwrap() {
-                seen.push((d.queue, TaskMessage::from_raw(&d.message).unwrap()));
-            }
-        }
-        assert!(consumer.fetch(1, Duration::ZERO).await.unwrap().is_empty());
-        consumer.close().await.unwrap();
+        let queues = ["celery", "own", "special", "explicit"];
+        let mut seen = take_published(broker.as_ref(), &queues, count, WAIT).await;
         seen.sort_by_key(|(_, m)| m.args[0].as_i64());
         seen
     })

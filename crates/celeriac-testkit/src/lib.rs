@@ -45,6 +45,7 @@ use std::time::{Duration, Instant};
 
 pub mod backend_suite;
 pub mod broker_suite;
+pub mod published;
 pub mod rabbitmq;
 
 /// A boxed, sendable future (the suites avoid depending on the `futures` crate).

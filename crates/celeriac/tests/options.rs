@@ -2,12 +2,12 @@
 //! (`apply_async`, `into_call` + `send_batch`), by name (`Call`, `send_task`). Each test
 //! publishes on its own embedded store and reads back exactly what was published.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use celeriac::core::broker::ConsumerSpec;
 use celeriac::core::message::TaskMessage;
 use celeriac::serde_json::{json, Map, Value};
 use celeriac::{task, App, Call, CallOptions};
+use celeriac_testkit::published::take_published;
 use chrono::{DateTime, Utc};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -109,34 +109,11 @@ async fn send_every_way(app: &App, options: Option<&CallOptions>) {
 /// Reads back `count` published messages from any of [`QUEUES`], ordered by first argument.
 async fn published(app: &App, count: usize) -> Vec<Published> {
     let broker = app.broker().await.unwrap();
-    let consumer = broker
-        .consumer(ConsumerSpec {
-            queues: QUEUES.iter().map(|q| q.to_string()).collect(),
-            name: "reader@options".into(),
-            prefetch: 0,
-        })
+    let mut seen: Vec<Published> = take_published(broker.as_ref(), &QUEUES, count, WAIT)
         .await
-        .unwrap();
-    let deadline = Instant::now() + WAIT;
-    let mut seen = Vec::new();
-    while seen.len() < count {
-        assert!(
-            Instant::now() < deadline,
-            "only {} of {count} messages arrived: {seen:#?}",
-            seen.len()
-        );
-        for d in consumer.fetch(count - seen.len(), WAIT).await.unwrap() {
-            let message = TaskMessage::from_raw(&d.message).unwrap();
-            seen.push(Published {
-                queue: d.queue,
-                message,
-            });
-        }
-    }
-    // Nothing else was sent: a duplicate or stray message would show up here.
-    let extra = consumer.fetch(1, Duration::ZERO).await.unwrap();
-    assert!(extra.is_empty(), "more messages than sent: {extra:#?}");
-    consumer.close().await.unwrap();
+        .into_iter()
+        .map(|(queue, message)| Published { queue, message })
+        .collect();
     seen.sort_by_key(|p| p.message.args[0].as_i64());
     seen
 }
