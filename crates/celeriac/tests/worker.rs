@@ -539,6 +539,22 @@ async fn celery_lengths(app: &App) -> Vec<celeriac::core::broker::QueueLength> {
         .unwrap()
 }
 
+/// Waits until `counter` reaches `at_least`, failing the test past [`WAIT`].
+async fn wait_for_count(counter: &AtomicU32, at_least: u32, what: &str) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let n = counter.load(Ordering::SeqCst);
+        if n >= at_least {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {n} {what}, expected {at_least}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 async fn wait_queue_empty(app: &App) {
     let deadline = Instant::now() + WAIT;
     loop {
@@ -831,18 +847,7 @@ async fn a_late_ack_message_goes_back_when_its_result_cannot_be_stored() {
         worker_with_failing_stores(&app, u32::MAX, Duration::from_millis(200)).await;
     let sent = requeued::delay(&app).await.unwrap();
     // Requeued after each failed store and run again: wait until it ran at least twice.
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let runs = REQUEUED_RUNS.load(Ordering::SeqCst);
-        if runs >= 2 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "ran {runs} times: never requeued"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_for_count(&REQUEUED_RUNS, 2, "runs of the requeued task").await;
     shutdown.now();
     join.await.unwrap().unwrap();
     let q = celery_lengths(&app).await;
@@ -858,11 +863,7 @@ async fn task_acks_late_makes_every_task_ack_late() {
     let app = app_at(&dir).reconfigured(|c| c.task_acks_late = true);
     let r = nap::delay(&app, 30.0).await.unwrap();
     let (shutdown, join) = spawn_worker(&app, 1).await;
-    let deadline = Instant::now() + WAIT;
-    while NAPS_STARTED.load(Ordering::SeqCst) == 0 {
-        assert!(Instant::now() < deadline, "the nap never started");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wait_for_count(&NAPS_STARTED, 1, "started naps").await;
     shutdown.now();
     join.await.unwrap().unwrap();
     assert_eq!(r.state().await.unwrap(), TaskState::Pending);
