@@ -1,7 +1,8 @@
 //! The demo app: the tasks the quickstart, the tests and the Python interop suites call.
 //! Names and signatures are a contract with those suites: keep them.
 
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use celeriac::core::state::ExceptionInfo;
 use celeriac::serde_json::{json, Value};
@@ -57,6 +58,63 @@ pub fn flaky(ctx: TaskContext, n: u32) -> Result<u32, TaskError> {
     Ok(ctx.retries)
 }
 
+/// Keeps one CPU busy for `seconds` (a plain `fn` that never looks at its soft limit), then
+/// returns `seconds`: what a runaway computation looks like to the worker.
+#[task(name = "tasks.spin")]
+pub fn spin(seconds: f64) -> Result<f64, TaskError> {
+    if !(seconds.is_finite() && seconds >= 0.0) {
+        return Err(TaskError::failure(
+            "ValueError",
+            format!("seconds must be >= 0, got {seconds}"),
+        ));
+    }
+    let until = Instant::now() + Duration::from_secs_f64(seconds);
+    let mut state: u64 = 1;
+    while Instant::now() < until {
+        for _ in 0..10_000 {
+            state = std::hint::black_box(
+                state
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1),
+            );
+        }
+    }
+    Ok(seconds)
+}
+
+/// Memory `leak` keeps for the life of the process.
+static LEAKED: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+
+/// Allocates `mb` MB and keeps it for the life of the process, touching every page so it is
+/// resident; returns the process's resident MB afterwards.
+#[task(name = "tasks.leak")]
+pub fn leak(mb: u64) -> Result<u64, TaskError> {
+    let bytes = usize::try_from(mb.saturating_mul(1 << 20))
+        .map_err(|_| TaskError::failure("ValueError", format!("{mb} MB is too much")))?;
+    let mut block = vec![0u8; bytes];
+    for page in block.iter_mut().step_by(4096) {
+        *page = 1;
+    }
+    LEAKED.lock().unwrap_or_else(|p| p.into_inner()).push(block);
+    Ok(resident_mb())
+}
+
+/// The id of the process that ran it (a pool child's, with `-P process`).
+#[task(name = "tasks.pid")]
+pub fn pid() -> u32 {
+    std::process::id()
+}
+
+fn resident_mb() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    pages * 4096 / (1 << 20)
+}
+
 /// The demo app with every demo task registered.
 pub fn app() -> App {
     App::builder("demo")
@@ -67,5 +125,8 @@ pub fn app() -> App {
         .task::<sleep>()
         .task::<fail>()
         .task::<flaky>()
+        .task::<spin>()
+        .task::<leak>()
+        .task::<pid>()
         .build()
 }

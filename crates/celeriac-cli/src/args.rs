@@ -102,7 +102,7 @@ pub(crate) enum ConfigCommand {
     },
 }
 
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Clone)]
 pub(crate) struct WorkerArgs {
     /// Queues to consume, comma-separated (default: task_default_queue).
     #[arg(short = 'Q', long = "queues", value_delimiter = ',')]
@@ -123,6 +123,55 @@ pub(crate) struct WorkerArgs {
     /// Append the log to this file instead of standard error (no colours).
     #[arg(short = 'f', long, value_name = "PATH")]
     pub logfile: Option<PathBuf>,
+    #[command(flatten)]
+    pub pool: PoolArgs,
+}
+
+/// How the worker runs task bodies: pool, limits, recycling, autoscale (`docs/pools.md`).
+#[derive(Args, Debug, Default, Clone)]
+pub(crate) struct PoolArgs {
+    /// Pool: async (default), threads, process (Celery's prefork), solo.
+    #[arg(short = 'P', long = "pool", value_name = "POOL")]
+    pub pool: Option<String>,
+    /// Scheduling: fair (default, Celery's default) gives a job only to an idle child;
+    /// fast also queues it behind a busy one.
+    #[arg(short = 'O', value_name = "PROFILE")]
+    pub optimization: Option<String>,
+    /// Replace a process-pool child after this many tasks.
+    #[arg(long = "max-tasks-per-child", value_name = "N")]
+    pub max_tasks_per_child: Option<u64>,
+    /// Replace a process-pool child left above this resident memory after a task (KiB).
+    #[arg(long = "max-memory-per-child", value_name = "KIB")]
+    pub max_memory_per_child: Option<u64>,
+    /// Grow the pool up to MAX under backlog, shrink to MIN when idle: MAX,MIN.
+    #[arg(long, value_name = "MAX,MIN")]
+    pub autoscale: Option<String>,
+    /// Autoscale never grows while free memory is under this many MB.
+    #[arg(long = "autoscale-min-free-memory", value_name = "MB")]
+    pub autoscale_min_free_memory: Option<u64>,
+    /// Autoscale never grows while the 1-minute load average per CPU is over this.
+    #[arg(long = "autoscale-max-load", value_name = "L")]
+    pub autoscale_max_load: Option<f64>,
+    /// Fetch a message only when a slot is free to run it.
+    #[arg(long = "disable-prefetch")]
+    pub disable_prefetch: bool,
+    /// Hard time limit in seconds for tasks that set none (task_time_limit).
+    #[arg(long = "time-limit", value_name = "SECONDS")]
+    pub time_limit: Option<f64>,
+    /// Soft time limit in seconds for tasks that set none (task_soft_time_limit).
+    #[arg(long = "soft-time-limit", value_name = "SECONDS")]
+    pub soft_time_limit: Option<f64>,
+    /// Accepted for Celery compatibility: celeriac workers do not gossip (remote control
+    /// and events are separate channels).
+    #[arg(long = "without-gossip")]
+    pub without_gossip: bool,
+    /// Accepted for Celery compatibility: celeriac workers do not mingle; revocations come
+    /// from the broker's durable record instead.
+    #[arg(long = "without-mingle")]
+    pub without_mingle: bool,
+    /// Accepted for Celery compatibility: the worker sends no heartbeat events yet.
+    #[arg(long = "without-heartbeat")]
+    pub without_heartbeat: bool,
 }
 
 #[derive(Args, Debug)]

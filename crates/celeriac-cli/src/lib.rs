@@ -34,6 +34,9 @@ use args::{Cli, Command};
 
 /// Runs the command line for an app whose binary holds the tasks (`worker` included).
 pub fn run(app: App) -> ExitCode {
+    if let Some(code) = run_pool_child(&app) {
+        return code;
+    }
     dispatch(app, Cli::parse(), true)
 }
 
@@ -44,7 +47,21 @@ where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
+    if let Some(code) = run_pool_child(&app) {
+        return code;
+    }
     dispatch(app, Cli::parse_from(args), true)
+}
+
+/// In a process-pool child (the worker re-executed this binary): log where the worker
+/// logs, then run jobs instead of parsing a command line.
+fn run_pool_child(app: &App) -> Option<ExitCode> {
+    celeriac::pool_child_index()?;
+    let (level, logfile) = worker::child_log_settings();
+    if let Err(message) = logging::init(level.as_deref(), logfile.as_deref()) {
+        return Some(fail(&message));
+    }
+    app.run_pool_child()
 }
 
 /// Runs the command line without task code: every verb but `worker`.
@@ -72,8 +89,9 @@ fn dispatch(app: App, cli: Cli, has_tasks: bool) -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return fail(&format!("cannot start the async runtime: {e}")),
     };
+    let loglevel = cli.global.loglevel.clone();
     let outcome = runtime.block_on(async {
-        let outcome = execute(app.clone(), &loaded, cli.command, has_tasks).await;
+        let outcome = execute(app.clone(), &loaded, cli.command, has_tasks, loglevel).await;
         // What a verb published is flushed before the process ends (fire-and-forget
         // publishing, `confirm_publish=false`, would otherwise lose it).
         let closed = app.close().await.map_err(|e| e.to_string());
@@ -95,13 +113,14 @@ async fn execute(
     loaded: &LoadedConfig,
     command: Command,
     has_tasks: bool,
+    loglevel: Option<String>,
 ) -> Result<(), String> {
     match command {
         Command::Worker(args) => {
             if !has_tasks {
                 return Err("`worker` needs your task code: build a binary whose main calls celeriac_cli::run(app)".into());
             }
-            worker::run(&app, args).await
+            worker::run(&app, args, loglevel.as_deref()).await
         }
         Command::Call(args) => tasks::call(&app, args).await,
         Command::Result { task_id, wait } => tasks::result(&app, &task_id, wait).await,

@@ -1,11 +1,19 @@
 //! `worker`: runs the app's tasks until SIGTERM/SIGINT.
 
-use celeriac::{App, WorkerConfig};
+use std::path::PathBuf;
 
-use crate::args::{seconds, WorkerArgs};
+use celeriac::{App, AutoscaleConfig, ChildCommand, Optimization, PoolKind, WorkerConfig};
 
-pub(crate) async fn run(app: &App, args: WorkerArgs) -> Result<(), String> {
-    let config = worker_config(app, args)?;
+use crate::args::{seconds, PoolArgs, WorkerArgs};
+
+/// How the worker tells its process-pool children where and how much to log.
+const CHILD_LOGLEVEL_ENV: &str = "CELERIAC_POOL_LOGLEVEL";
+const CHILD_LOGFILE_ENV: &str = "CELERIAC_POOL_LOGFILE";
+
+pub(crate) async fn run(app: &App, args: WorkerArgs, loglevel: Option<&str>) -> Result<(), String> {
+    let mut config = worker_config(app, args.clone())?;
+    apply_pool_args(&mut config, &args.pool)?;
+    config.child_command = Some(child_command(loglevel, args.logfile.as_deref()));
     let worker = app.worker(config).await.map_err(|e| e.to_string())?;
     println!("{}", worker.banner(app.name()));
     let shutdown = worker.shutdown_handle();
@@ -35,6 +43,67 @@ fn worker_config(app: &App, args: WorkerArgs) -> Result<WorkerConfig, String> {
         config.shutdown_timeout = seconds(t, "--shutdown-timeout")?;
     }
     Ok(config)
+}
+
+fn apply_pool_args(config: &mut WorkerConfig, args: &PoolArgs) -> Result<(), String> {
+    if let Some(pool) = &args.pool {
+        config.pool = PoolKind::parse(pool).ok_or_else(|| {
+            format!("-P/--pool {pool:?} is not a pool: use async, threads, process or solo")
+        })?;
+    }
+    if let Some(profile) = &args.optimization {
+        config.optimization = Optimization::parse(profile)
+            .ok_or_else(|| format!("-O {profile:?} is not a profile: use fair or fast"))?;
+    }
+    if args.max_tasks_per_child.is_some() {
+        config.max_tasks_per_child = args.max_tasks_per_child;
+    }
+    if args.max_memory_per_child.is_some() {
+        config.max_memory_per_child_kib = args.max_memory_per_child;
+    }
+    if let Some(spec) = &args.autoscale {
+        let mut autoscale = AutoscaleConfig::parse(spec)?;
+        autoscale.min_free_memory_mb = args.autoscale_min_free_memory;
+        autoscale.max_load = args.autoscale_max_load;
+        config.autoscale = Some(autoscale);
+    } else if args.autoscale_min_free_memory.is_some() || args.autoscale_max_load.is_some() {
+        return Err("--autoscale-min-free-memory and --autoscale-max-load guard --autoscale: give --autoscale MAX,MIN too".into());
+    }
+    config.disable_prefetch |= args.disable_prefetch;
+    if let Some(t) = args.time_limit {
+        config.time_limit = Some(seconds(t, "--time-limit")?).filter(|d| !d.is_zero());
+    }
+    if let Some(t) = args.soft_time_limit {
+        config.soft_time_limit = Some(seconds(t, "--soft-time-limit")?).filter(|d| !d.is_zero());
+    }
+    let process_only =
+        config.max_tasks_per_child.is_some() || config.max_memory_per_child_kib.is_some();
+    if process_only && config.pool != PoolKind::Process {
+        tracing::warn!("--max-tasks-per-child and --max-memory-per-child recycle process-pool children: they do nothing with -P {}", config.pool.name());
+    }
+    Ok(())
+}
+
+/// This binary, re-executed as a pool child, logging as this process does.
+fn child_command(loglevel: Option<&str>, logfile: Option<&std::path::Path>) -> ChildCommand {
+    let mut command = ChildCommand::current_exe();
+    if let Some(level) = loglevel {
+        command.env.push((CHILD_LOGLEVEL_ENV.into(), level.into()));
+    }
+    if let Some(path) = logfile {
+        command
+            .env
+            .push((CHILD_LOGFILE_ENV.into(), path.display().to_string()));
+    }
+    command
+}
+
+/// The log settings a pool child got from its worker.
+pub(crate) fn child_log_settings() -> (Option<String>, Option<PathBuf>) {
+    (
+        std::env::var(CHILD_LOGLEVEL_ENV).ok(),
+        std::env::var_os(CHILD_LOGFILE_ENV).map(PathBuf::from),
+    )
 }
 
 /// Celery's node-name variables: `%h` the host name, `%n` its first label, `%d` the rest.

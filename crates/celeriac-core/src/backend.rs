@@ -64,26 +64,13 @@ pub trait ResultBackend: Send + Sync + 'static {
     async fn get(&self, task_id: &str) -> Result<Option<TaskMeta>, BackendError>;
 
     /// Waits until the task is ready or `timeout` passes; returns the latest meta either way.
+    /// Each engine waits its own way (notification, pub/sub, a reply queue); none polls
+    /// with a runtime's timer from here, so core depends on no async runtime.
     async fn wait(
         &self,
         task_id: &str,
         timeout: Duration,
-    ) -> Result<Option<TaskMeta>, BackendError> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        let mut pause = Duration::from_millis(1);
-        loop {
-            let meta = self.get(task_id).await?;
-            if meta.as_ref().is_some_and(|m| m.status.is_ready()) {
-                return Ok(meta);
-            }
-            let now = tokio::time::Instant::now();
-            if now >= deadline {
-                return Ok(meta);
-            }
-            tokio::time::sleep(pause.min(deadline - now)).await;
-            pause = (pause * 2).min(Duration::from_millis(100));
-        }
-    }
+    ) -> Result<Option<TaskMeta>, BackendError>;
 
     async fn forget(&self, task_id: &str) -> Result<(), BackendError>;
 

@@ -28,15 +28,16 @@
 //! ```
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{Map, Value};
-use tokio::sync::Notify;
 
 use crate::rate::RateLimit;
 use crate::state::ExceptionInfo;
@@ -59,6 +60,38 @@ pub trait Task: Send + Sized + 'static {
     fn to_call(&self) -> (Vec<Value>, Map<String, Value>);
 
     fn run(self, ctx: TaskContext) -> impl Future<Output = Result<Self::Output, TaskError>> + Send;
+
+    /// How the worker runs the task: by default the future of [`Task::run`]. A task whose
+    /// body is plain blocking code returns [`TaskBody::Blocking`] so that the worker's pool
+    /// runs it on a thread of its own (or in a child process), never on the async executor;
+    /// `#[task]` does that for a plain `fn`.
+    fn body(self, ctx: TaskContext) -> TaskBody<Self::Output> {
+        TaskBody::Async(Box::pin(self.run(ctx)))
+    }
+}
+
+/// A task body as the worker's pool receives it.
+pub enum TaskBody<T> {
+    /// Awaited on an async runtime.
+    Async(Pin<Box<dyn Future<Output = Result<T, TaskError>> + Send>>),
+    /// Called on a thread that may block.
+    Blocking(Box<dyn FnOnce() -> Result<T, TaskError> + Send>),
+}
+
+impl<T: 'static> TaskBody<T> {
+    /// The same body with its output mapped (the registry erases outputs to JSON this way).
+    pub fn map<U: 'static>(
+        self,
+        f: impl FnOnce(Result<T, TaskError>) -> Result<U, TaskError> + Send + 'static,
+    ) -> TaskBody<U>
+    where
+        T: Send,
+    {
+        match self {
+            TaskBody::Async(future) => TaskBody::Async(Box::pin(async move { f(future.await) })),
+            TaskBody::Blocking(call) => TaskBody::Blocking(Box::new(move || f(call()))),
+        }
+    }
 }
 
 /// Exponential retry delays for `autoretry_for` (Celery's `retry_backoff`).
@@ -371,17 +404,40 @@ pub struct VarArgs(pub Vec<Value>);
 #[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
 pub struct VarKwargs(pub Map<String, Value>);
 
-/// Set when the soft time limit passes; a task can poll it or await it.
+/// Set when the soft time limit passes; a task can poll it or await it. (Wakers are kept
+/// here rather than in a runtime's primitive so that core depends on no async runtime.)
 #[derive(Debug, Default)]
 pub struct SoftLimit {
     exceeded: AtomicBool,
-    notify: Notify,
+    waiters: Mutex<Vec<Waker>>,
 }
 
 impl SoftLimit {
     pub fn trip(&self) {
         self.exceeded.store(true, Ordering::SeqCst);
-        self.notify.notify_waiters();
+        let waiters = std::mem::take(&mut *self.waiters.lock().unwrap_or_else(|p| p.into_inner()));
+        for waker in waiters {
+            waker.wake();
+        }
+    }
+
+    pub fn is_tripped(&self) -> bool {
+        self.exceeded.load(Ordering::SeqCst)
+    }
+
+    fn poll_tripped(&self, waker: &Waker) -> Poll<()> {
+        if self.is_tripped() {
+            return Poll::Ready(());
+        }
+        let mut waiters = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+        // Checked again under the lock: `trip` takes the list after setting the flag.
+        if self.is_tripped() {
+            return Poll::Ready(());
+        }
+        if !waiters.iter().any(|w| w.will_wake(waker)) {
+            waiters.push(waker.clone());
+        }
+        Poll::Pending
     }
 }
 
@@ -429,19 +485,14 @@ impl TaskContext {
 
     /// True once the soft time limit has passed; blocking tasks check this between steps.
     pub fn soft_time_limit_exceeded(&self) -> bool {
-        self.soft_limit.exceeded.load(Ordering::SeqCst)
+        self.soft_limit.is_tripped()
     }
 
     /// Resolves when the soft time limit passes (never, without one). Use it in `select!` to
     /// clean up before the hard limit stops the task.
     pub async fn soft_time_limit(&self) {
-        loop {
-            let notified = self.soft_limit.notify.notified();
-            if self.soft_time_limit_exceeded() {
-                return;
-            }
-            notified.await;
-        }
+        let limit = self.soft_limit.clone();
+        std::future::poll_fn(move |cx| limit.poll_tripped(cx.waker())).await
     }
 
     /// The error to return to retry after `countdown`, with `reason` stored as the RETRY result.
@@ -462,22 +513,6 @@ impl TaskContext {
             exception: None,
             max_retries: None,
         }
-    }
-}
-
-/// Runs a plain function on the blocking pool; a panic comes back as a failure.
-pub async fn run_blocking<T, F>(f: F) -> Result<T, TaskError>
-where
-    F: FnOnce() -> Result<T, TaskError> + Send + 'static,
-    T: Send + 'static,
-{
-    match tokio::task::spawn_blocking(f).await {
-        Ok(result) => result,
-        Err(join) if join.is_panic() => Err(panic_failure(join.into_panic())),
-        Err(_) => Err(TaskError::failure(
-            "RuntimeError",
-            "the blocking task was cancelled",
-        )),
     }
 }
 

@@ -352,13 +352,28 @@ fn generate(attrs: &TaskAttrs, task: &TaskFn, mut func: ItemFn) -> TokenStream {
             quote!(::core::result::Result::Ok(#call))
         }
     };
+    let call_args: Vec<TokenStream> = call_args.collect();
+    // A plain `fn` awaited through `run` is called inline; the worker calls `body` instead,
+    // which hands the call to a pool thread (or a child process) that may block.
     let run_body = if *is_async {
-        let w = wrap(quote!(#body_ident(#(#call_args),*).await));
-        quote!(#w)
+        wrap(quote!(#body_ident(#(#call_args),*).await))
     } else {
-        let w = wrap(quote!(#body_ident(#(#call_args),*)));
-        quote!(::celeriac::core::task::run_blocking(move || #w).await)
+        wrap(quote!(#body_ident(#(#call_args),*)))
     };
+    let blocking_body = (!*is_async).then(|| {
+        quote! {
+            #[allow(clippy::useless_conversion)]
+            fn body(
+                self,
+                #ctx_pat: ::celeriac::core::task::TaskContext,
+            ) -> ::celeriac::core::task::TaskBody<Self::Output> {
+                ::celeriac::core::task::TaskBody::Blocking(::std::boxed::Box::new(move || {
+                    let #ident { #(#fields),* } = self;
+                    #run_body
+                }))
+            }
+        }
+    });
 
     // Caller helpers: `s(..)` and `delay(app, ..)`.
     let app_ident = if fields.iter().any(|f| *f == "app") {
@@ -455,6 +470,8 @@ fn generate(attrs: &TaskAttrs, task: &TaskFn, mut func: ItemFn) -> TokenStream {
                 let #ident { #(#fields),* } = self;
                 #run_body
             }
+
+            #blocking_body
         }
     }
 }

@@ -15,7 +15,7 @@
 //!
 //! #[task(name = "tasks.flaky", max_retries = 5, autoretry_for = ["IoError"], retry_backoff = true)]
 //! pub fn flaky(ctx: TaskContext, n: u32) -> Result<u32, TaskError> {
-//!     // A plain `fn` runs on the blocking pool.
+//!     // A plain `fn` runs on a pool thread (or a child process), never on the executor.
 //!     if ctx.retries < 2 { return Err(ctx.retry_default()); }
 //!     Ok(n)
 //! }
@@ -58,8 +58,10 @@
 //!     error (`TypeError`), as in Python.
 //!   - `to_call`: the ordinary parameters as positional JSON values, the `VarArgs` values
 //!     spread after them, the `VarKwargs` entries as keyword arguments.
-//!   - `run`: calls the body (`.await` for an `async fn`; inside `run_blocking` for a plain
-//!     `fn`), passing the context to a `TaskContext` parameter.
+//!   - `run`: calls the body (`.await` for an `async fn`; inline for a plain `fn`), passing
+//!     the context to a `TaskContext` parameter.
+//!   - `body` (plain `fn` only): `TaskBody::Blocking` with that call, which the worker's pool
+//!     runs on a thread that may block (or in a child process), never on the async executor.
 //! - `impl add { pub fn s(x, y) -> Signature<add>; pub async fn delay(app: &App, x, y) ->
 //!   Result<AsyncResult<i64>, celeriac::Error> }`.
 //!

@@ -116,6 +116,13 @@ impl ResultBackend for Faulty {
     async fn get(&self, task_id: &str) -> Result<Option<TaskMeta>, BackendError> {
         self.inner.get(task_id).await
     }
+    async fn wait(
+        &self,
+        task_id: &str,
+        timeout: Duration,
+    ) -> Result<Option<TaskMeta>, BackendError> {
+        self.inner.wait(task_id, timeout).await
+    }
     async fn forget(&self, task_id: &str) -> Result<(), BackendError> {
         self.inner.forget(task_id).await
     }

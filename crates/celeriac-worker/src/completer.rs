@@ -20,7 +20,7 @@ use celeriac_core::{ErrorKind, ResultBackend};
 use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
-use crate::worker::Phase;
+use crate::shutdown::Phase;
 
 /// First pause between store attempts; doubled up to [`MAX_PAUSE`].
 const FIRST_PAUSE: Duration = Duration::from_millis(50);

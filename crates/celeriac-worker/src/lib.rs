@@ -1,16 +1,34 @@
 //! The celeriac worker: takes messages from a [`Broker`](celeriac_core::Broker), runs the
-//! registered tasks, and turns every ending (value, error, panic, timeout, revoke) into a
-//! stored state.
+//! registered tasks in a pool (`async`, `threads`, `process`, `solo`), and turns every
+//! ending (value, error, panic, timeout, revoke, a dead child) into a stored state.
 //!
 //! Most users start it through `celeriac_cli::run(app)`; the facade's `App::worker()` builds
-//! one from configuration.
+//! one from configuration. `docs/architecture.md` shows its components; `docs/pools.md`
+//! what each pool enforces.
 
+mod autoscale;
+mod capacity;
 mod completer;
-mod executor;
+mod config;
+mod consumer;
+mod hooks;
+mod keepalive;
 mod limiter;
+mod outcome;
+mod pool;
 mod registry;
+mod request;
 mod results;
+mod revocations;
+mod shutdown;
 mod worker;
 
+pub use autoscale::{AutoscaleConfig, Autoscaler, Decision, LoadSensors, Readings, SystemSensors};
+pub use config::{WorkerConfig, WorkerError};
+pub use hooks::{HookResult, Hooks, ProcessInfo, PublishInfo, TaskInfo, WorkerInfo};
+pub use pool::process::child::{pool_child_index, run_child, CHILD_ENV};
+pub use pool::process::ChildCommand;
+pub use pool::{Optimization, PoolKind, PoolStats, StopReason};
 pub use registry::{ErasedTask, Registry};
-pub use worker::{ShutdownHandle, Worker, WorkerConfig, WorkerError};
+pub use shutdown::ShutdownHandle;
+pub use worker::{Counters, Worker};

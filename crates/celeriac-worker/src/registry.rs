@@ -1,27 +1,24 @@
 //! Task registry: names to type-erased tasks. Typed at the edge, erased once here.
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::marker::PhantomData;
-use std::pin::Pin;
 use std::sync::Arc;
 
-use celeriac_core::task::{ArgError, Task, TaskContext, TaskError, TaskOptions};
+use celeriac_core::task::{ArgError, Task, TaskBody, TaskContext, TaskError, TaskOptions};
 use serde_json::{Map, Value};
-
-pub type TaskFuture = Pin<Box<dyn Future<Output = Result<Value, TaskError>> + Send>>;
 
 /// A task with its types erased: JSON in, JSON out.
 pub trait ErasedTask: Send + Sync {
     fn name(&self) -> &'static str;
     fn options(&self) -> &TaskOptions;
-    /// Decodes the arguments (errors name the argument) and returns the run future.
+    /// Decodes the arguments (errors name the argument) and returns the body to run, its
+    /// output as JSON.
     fn call(
         &self,
         args: Vec<Value>,
         kwargs: Map<String, Value>,
         ctx: TaskContext,
-    ) -> Result<TaskFuture, ArgError>;
+    ) -> Result<TaskBody<Value>, ArgError>;
 }
 
 struct Typed<T: Task> {
@@ -43,11 +40,10 @@ impl<T: Task> ErasedTask for Typed<T> {
         args: Vec<Value>,
         kwargs: Map<String, Value>,
         ctx: TaskContext,
-    ) -> Result<TaskFuture, ArgError> {
+    ) -> Result<TaskBody<Value>, ArgError> {
         let task = T::from_call(args, kwargs)?;
-        Ok(Box::pin(async move {
-            let output = task.run(ctx).await?;
-            serde_json::to_value(output).map_err(|e| {
+        Ok(task.body(ctx).map(|output| {
+            serde_json::to_value(output?).map_err(|e| {
                 TaskError::failure(
                     "EncodeError",
                     format!("{} returned a value that is not JSON: {e}", T::NAME),

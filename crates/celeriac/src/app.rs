@@ -6,7 +6,7 @@ use std::time::Duration;
 use celeriac_core::state::{ExceptionInfo, TaskMeta, TaskState};
 use celeriac_core::task::{Task, TaskOptions};
 use celeriac_core::{Broker, ResultBackend};
-use celeriac_worker::{Registry, Worker, WorkerConfig};
+use celeriac_worker::{Hooks, Registry, Worker, WorkerConfig};
 use tokio::sync::OnceCell;
 
 use crate::config::{Config, ConfigError, ConfigSources};
@@ -23,6 +23,7 @@ struct AppInner {
     name: String,
     config: Config,
     registry: Arc<Registry>,
+    hooks: Arc<Hooks>,
     connections: OnceCell<Connections>,
     oid: String,
 }
@@ -54,6 +55,7 @@ pub struct AppBuilder {
     name: String,
     config: Config,
     registry: Registry,
+    hooks: Hooks,
 }
 
 impl AppBuilder {
@@ -103,12 +105,20 @@ impl AppBuilder {
         Ok(self)
     }
 
+    /// Registers hooks (Celery's signals): `.hooks(|h| { h.task_success(|task, value| {
+    /// ..; Ok(()) }); })`. A hook that fails or panics is logged and skipped.
+    pub fn hooks(mut self, register: impl FnOnce(&mut Hooks)) -> Self {
+        register(&mut self.hooks);
+        self
+    }
+
     pub fn build(self) -> App {
         App {
             inner: Arc::new(AppInner {
                 name: self.name,
                 config: self.config,
                 registry: Arc::new(self.registry),
+                hooks: Arc::new(self.hooks),
                 connections: OnceCell::new(),
                 oid: celeriac_core::message::new_id(),
             }),
@@ -122,6 +132,7 @@ impl App {
             name: name.into(),
             config: Config::default(),
             registry: Registry::new(),
+            hooks: Hooks::default(),
         }
     }
 
@@ -151,6 +162,7 @@ impl App {
                 name: self.inner.name.clone(),
                 config,
                 registry: self.inner.registry.clone(),
+                hooks: self.inner.hooks.clone(),
                 connections: OnceCell::new(),
                 // A new id: two apps listening on one rpc:// reply queue would split its
                 // results between them.
@@ -233,6 +245,30 @@ impl App {
             c.backend.clone(),
             self.inner.registry.clone(),
             config,
+        )
+        .with_hooks(self.inner.hooks.clone()))
+    }
+
+    /// The hooks registered with [`AppBuilder::hooks`].
+    pub fn hooks(&self) -> &Arc<Hooks> {
+        &self.inner.hooks
+    }
+
+    /// Runs this process as a process-pool child when the worker started it as one (the
+    /// environment says so): returns its exit code, or `None` in any other process.
+    /// `celeriac_cli::run` calls this first; a binary with its own `main` that uses
+    /// `-P process` must too.
+    pub fn run_pool_child(&self) -> Option<std::process::ExitCode> {
+        celeriac_worker::pool_child_index()?;
+        let hooks = self.inner.hooks.clone();
+        Some(celeriac_worker::run_child(
+            &self.inner.registry,
+            move |index| {
+                hooks.emit_worker_process_init(&celeriac_worker::ProcessInfo {
+                    index,
+                    pid: std::process::id(),
+                });
+            },
         ))
     }
 

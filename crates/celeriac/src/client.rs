@@ -26,6 +26,7 @@ use std::time::Duration;
 use celeriac_core::broker::Publish;
 use celeriac_core::message::{CallSpec, TaskMessage};
 use celeriac_core::task::{Task, TaskOptions};
+use celeriac_worker::PublishInfo;
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
@@ -141,8 +142,7 @@ impl<T: Task> Signature<T> {
             &self.options,
         )?;
         let id = publish.message.task_id().unwrap_or_default().to_string();
-        announce(app, std::slice::from_ref(&publish)).await?;
-        app.broker().await?.publish(publish).await?;
+        send_all(app, vec![publish]).await?;
         Ok(AsyncResult::new(app.clone(), id))
     }
 
@@ -187,8 +187,7 @@ impl Call {
     pub async fn send(self, app: &App) -> Result<AsyncResult<Value>, Error> {
         let publish = self.to_publish(app)?;
         let id = publish.message.task_id().unwrap_or_default().to_string();
-        announce(app, std::slice::from_ref(&publish)).await?;
-        app.broker().await?.publish(publish).await?;
+        send_all(app, vec![publish]).await?;
         Ok(AsyncResult::new(app.clone(), id))
     }
 
@@ -237,13 +236,57 @@ impl App {
             .iter()
             .map(|p| p.message.task_id().unwrap_or_default().to_string())
             .collect();
-        announce(self, &publishes).await?;
-        self.broker().await?.publish_batch(publishes).await?;
+        send_all(self, publishes).await?;
         Ok(ids
             .into_iter()
             .map(|id| AsyncResult::new(self.clone(), id))
             .collect())
     }
+}
+
+/// Publishes encoded calls (one, or a batch in one round trip), with the publish hooks
+/// around it and the result backend told first.
+async fn send_all(app: &App, publishes: Vec<Publish>) -> Result<(), Error> {
+    let hooks = app.hooks().clone();
+    let infos = |publishes: &[Publish]| -> Vec<(String, String, String)> {
+        publishes
+            .iter()
+            .map(|p| {
+                let name = p.message.headers.get("task").and_then(Value::as_str);
+                (
+                    p.message.task_id().unwrap_or_default().to_string(),
+                    name.unwrap_or_default().to_string(),
+                    p.queue.clone(),
+                )
+            })
+            .collect()
+    };
+    let sent = if hooks.has_publish_hooks() {
+        infos(&publishes)
+    } else {
+        Vec::new()
+    };
+    let emit = |after: bool| {
+        for (id, name, queue) in &sent {
+            let info = PublishInfo { id, name, queue };
+            if after {
+                hooks.emit_after_task_publish(&info);
+            } else {
+                hooks.emit_before_task_publish(&info);
+            }
+        }
+    };
+    emit(false);
+    announce(app, &publishes).await?;
+    let broker = app.broker().await?;
+    if publishes.len() == 1 {
+        let publish = publishes.into_iter().next().expect("one publish");
+        broker.publish(publish).await?;
+    } else {
+        broker.publish_batch(publishes).await?;
+    }
+    emit(true);
+    Ok(())
 }
 
 /// Tells the result backend which tasks are about to be sent for results (rpc:// listens on

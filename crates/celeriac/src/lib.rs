@@ -49,5 +49,9 @@ pub use celeriac_core as core;
 pub use celeriac_core::state::{TaskMeta, TaskState};
 pub use celeriac_core::task::{Task, TaskContext, TaskError, TaskOptions, VarArgs, VarKwargs};
 pub use celeriac_macros::task;
-pub use celeriac_worker::{ShutdownHandle, Worker, WorkerConfig, WorkerError};
+pub use celeriac_worker::pool_child_index;
+pub use celeriac_worker::{
+    AutoscaleConfig, ChildCommand, HookResult, Hooks, Optimization, PoolKind, ProcessInfo,
+    PublishInfo, ShutdownHandle, TaskInfo, Worker, WorkerConfig, WorkerError, WorkerInfo,
+};
 pub use serde_json;

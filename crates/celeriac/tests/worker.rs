@@ -781,6 +781,13 @@ impl celeriac::core::ResultBackend for FailingStores {
     ) -> Result<Option<celeriac::TaskMeta>, celeriac::core::BackendError> {
         self.inner.get(id).await
     }
+    async fn wait(
+        &self,
+        id: &str,
+        timeout: Duration,
+    ) -> Result<Option<celeriac::TaskMeta>, celeriac::core::BackendError> {
+        self.inner.wait(id, timeout).await
+    }
     async fn forget(&self, id: &str) -> Result<(), celeriac::core::BackendError> {
         self.inner.forget(id).await
     }
