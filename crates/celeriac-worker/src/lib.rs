@@ -31,4 +31,4 @@ pub use pool::process::ChildCommand;
 pub use pool::{Optimization, PoolKind, PoolStats, StopReason};
 pub use registry::{ErasedTask, Registry};
 pub use shutdown::ShutdownHandle;
-pub use worker::{Counters, Worker};
+pub use worker::{Counters, PoolWatch, Worker};

@@ -9,7 +9,7 @@
 //! stops running tasks at once, and every unfinished late-ack task goes back to its queue.
 
 use std::sync::atomic::AtomicU64;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use celeriac_core::broker::ConsumerSpec;
 use celeriac_core::{Broker, Consumer, DeliveryTag, ResultBackend};
@@ -23,7 +23,7 @@ use crate::completer::Completer;
 use crate::consumer::{ack_loop, fetch_loop};
 use crate::hooks::{Hooks, WorkerInfo};
 use crate::limiter::RateLimiter;
-use crate::pool::{self, Pool};
+use crate::pool::{self, Pool, PoolStats};
 use crate::registry::Registry;
 use crate::request::InHandIds;
 use crate::revocations::Revoked;
@@ -40,7 +40,19 @@ pub struct Counters {
     pub dead_lettered: AtomicU64,
 }
 
+/// Reads the pool of a running worker (its size, children, busy slots).
+#[derive(Clone, Default)]
+pub struct PoolWatch(Arc<OnceLock<Arc<dyn Pool>>>);
+
+impl PoolWatch {
+    /// `None` until the worker has started its pool.
+    pub fn stats(&self) -> Option<PoolStats> {
+        self.0.get().map(|pool| pool.stats())
+    }
+}
+
 pub struct Worker {
+    pool_watch: PoolWatch,
     broker: Arc<dyn Broker>,
     backend: Arc<dyn ResultBackend>,
     registry: Arc<Registry>,
@@ -78,6 +90,7 @@ impl Worker {
     ) -> Self {
         let (phase, _) = watch::channel(Phase::Running);
         Worker {
+            pool_watch: PoolWatch::default(),
             broker,
             backend,
             registry,
@@ -106,6 +119,11 @@ impl Worker {
 
     pub fn stats(&self) -> Arc<Counters> {
         self.counters.clone()
+    }
+
+    /// A handle that reads the pool's state while the worker runs.
+    pub fn pool_watch(&self) -> PoolWatch {
+        self.pool_watch.clone()
     }
 
     /// A start-up banner in the spirit of Celery's.
@@ -176,6 +194,8 @@ impl Worker {
                 .map_err(WorkerError::Broker)?,
         );
         let (ack_tx, ack_rx) = mpsc::unbounded_channel();
+        let pool = pool::build(&config);
+        let _ = self.pool_watch.0.set(pool.clone());
         let shared = Arc::new(Shared {
             broker: self.broker.clone(),
             consumer,
@@ -189,7 +209,7 @@ impl Worker {
             registry: self.registry.clone(),
             hooks: self.hooks.clone(),
             limiter: RateLimiter::default(),
-            pool: pool::build(&config),
+            pool,
             window: Capacity::new(config.initial_size() * config.reserved_per_slot()),
             revoked: Revoked::default(),
             in_hand: InHandIds::default(),
