@@ -99,6 +99,13 @@ pub fn leak(mb: u64) -> Result<u64, TaskError> {
     Ok(resident_mb())
 }
 
+/// Kills the process running it (`abort`) every time: a poison pill. Acks late, so each
+/// delivery goes back to its queue until the worker gives up on it.
+#[task(name = "tasks.crash", acks_late = true)]
+pub fn crash() {
+    std::process::abort()
+}
+
 /// The id of the process that ran it (a pool child's, with `-P process`).
 #[task(name = "tasks.pid")]
 pub fn pid() -> u32 {
@@ -128,5 +135,6 @@ pub fn app() -> App {
         .task::<spin>()
         .task::<leak>()
         .task::<pid>()
+        .task::<crash>()
         .build()
 }

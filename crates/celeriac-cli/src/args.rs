@@ -161,6 +161,10 @@ pub(crate) struct PoolArgs {
     /// Soft time limit in seconds for tasks that set none (task_soft_time_limit).
     #[arg(long = "soft-time-limit", value_name = "SECONDS")]
     pub soft_time_limit: Option<f64>,
+    /// Deliveries of one task that may each lose their pool child before it goes to the
+    /// dead-letter queue as a poison pill (default 3).
+    #[arg(long = "max-child-losses", value_name = "N")]
+    pub max_child_losses: Option<u32>,
     /// Accepted for Celery compatibility: celeriac workers do not gossip (remote control
     /// and events are separate channels).
     #[arg(long = "without-gossip")]

@@ -70,6 +70,9 @@ fn apply_pool_args(config: &mut WorkerConfig, args: &PoolArgs) -> Result<(), Str
         return Err("--autoscale-min-free-memory and --autoscale-max-load guard --autoscale: give --autoscale MAX,MIN too".into());
     }
     config.disable_prefetch |= args.disable_prefetch;
+    if let Some(n) = args.max_child_losses {
+        config.max_child_losses = n.max(1);
+    }
     if let Some(t) = args.time_limit {
         config.time_limit = Some(seconds(t, "--time-limit")?).filter(|d| !d.is_zero());
     }

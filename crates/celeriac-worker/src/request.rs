@@ -204,6 +204,7 @@ impl Shared {
         }
         let job = self.job(req);
         self.hooks.emit_task_prerun(&req.info());
+        debug!(task_id = %h.id, "Task {}[{}] starting on the {} pool", h.task, h.id, self.config.pool.name());
         let started = Instant::now();
         let ending = self.pool.run(slot, job).await;
         let runtime = started.elapsed();

@@ -17,7 +17,10 @@ const WAIT: Duration = Duration::from_secs(20);
 static STAMPS: Mutex<Vec<(String, Instant)>> = Mutex::new(Vec::new());
 
 fn stamp(label: &str) {
-    STAMPS.lock().unwrap_or_else(|p| p.into_inner()).push((label.to_string(), Instant::now()));
+    STAMPS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push((label.to_string(), Instant::now()));
 }
 
 fn stamped(label: &str) -> Option<Instant> {
@@ -55,7 +58,10 @@ async fn fails() -> Result<(), TaskError> {
     Err(TaskError::failure("ValueError", "planted"))
 }
 
-fn app_at(dir: &tempfile::TempDir, build: impl FnOnce(celeriac::AppBuilder) -> celeriac::AppBuilder) -> App {
+fn app_at(
+    dir: &tempfile::TempDir,
+    build: impl FnOnce(celeriac::AppBuilder) -> celeriac::AppBuilder,
+) -> App {
     let url = format!("sqlite://{}", dir.path().join("test.db").display());
     let builder = App::builder("pools")
         .broker_url(url)
@@ -118,7 +124,10 @@ async fn runaway_keeps_its_slot(pool: PoolKind) {
     let w = start(&app, config).await;
     let name = pool.name();
     let stuck = runaway::delay(&app, name.to_string(), 1.5).await.unwrap();
-    wait_until("the runaway to start", || stamped(&format!("{name}:started")).is_some()).await;
+    wait_until("the runaway to start", || {
+        stamped(&format!("{name}:started")).is_some()
+    })
+    .await;
     let next = mark::delay(&app, format!("{name}:next")).await.unwrap();
     match stuck.get(WAIT).await {
         Err(ResultError::Task(e)) => assert_eq!(e.exc_type, "TimeLimitExceeded"),
@@ -158,8 +167,13 @@ async fn solo_pool_runs_one_task_at_a_time() {
         ..app.worker_config()
     };
     let w = start(&app, config).await;
-    let first = runaway::delay(&app, "solo-first".into(), 0.3).await.unwrap();
-    wait_until("the first to start", || stamped("solo-first:started").is_some()).await;
+    let first = runaway::delay(&app, "solo-first".into(), 0.3)
+        .await
+        .unwrap();
+    wait_until("the first to start", || {
+        stamped("solo-first:started").is_some()
+    })
+    .await;
     let second = mark::delay(&app, "solo-second".into()).await.unwrap();
     first.get(WAIT).await.unwrap();
     second.get(WAIT).await.unwrap();
@@ -196,8 +210,18 @@ async fn hooks_see_each_step_and_a_failing_hook_changes_nothing() {
             h.task_postrun(|t| seen(format!("task_postrun:{}", t.name)));
         })
     });
-    let w = start(&app, WorkerConfig { concurrency: 1, ..app.worker_config() }).await;
-    wait_until("worker_ready", || HOOKS.lock().unwrap().iter().any(|h| h == "worker_ready")).await;
+    let w = start(
+        &app,
+        WorkerConfig {
+            concurrency: 1,
+            ..app.worker_config()
+        },
+    )
+    .await;
+    wait_until("worker_ready", || {
+        HOOKS.lock().unwrap().iter().any(|h| h == "worker_ready")
+    })
+    .await;
     let ok = mark::delay(&app, "hooked".into()).await.unwrap();
     assert_eq!(ok.get(WAIT).await.unwrap(), "hooked");
     let failed = fails::delay(&app).await.unwrap();

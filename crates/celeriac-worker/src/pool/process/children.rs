@@ -70,6 +70,11 @@ impl Inner {
         // SAFETY: only async-signal-safe calls between fork and exec.
         unsafe {
             cmd.pre_exec(move || {
+                // A child outlives no worker: it is killed when the worker dies.
+                #[cfg(target_os = "linux")]
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
                 if libc::dup2(theirs_fd, CHANNEL_FD) < 0
                     || libc::fcntl(CHANNEL_FD, libc::F_SETFD, 0) < 0
                 {
