@@ -73,6 +73,8 @@ pub(crate) enum Command {
     /// The effective configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Start, stop, restart and show several detached workers (Celery's `celery multi`).
+    Multi(crate::multi::MultiArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -125,6 +127,13 @@ pub(crate) struct WorkerArgs {
     pub logfile: Option<PathBuf>,
     #[command(flatten)]
     pub pool: PoolArgs,
+    /// Write the worker's pid to this file, refuse to start while it names a live process,
+    /// remove it at exit; `%n`, `%h`, `%i`, `%I` expand as in Celery (see docs/multi.md).
+    #[arg(long, value_name = "PATH")]
+    pub pidfile: Option<PathBuf>,
+    /// Run in the background, off the terminal (logs go to --logfile).
+    #[arg(short = 'D', long)]
+    pub detach: bool,
 }
 
 /// How the worker runs task bodies: pool, limits, recycling, autoscale (`docs/pools.md`).

@@ -12,7 +12,9 @@
 //!
 //! `my-binary worker -Q a,b -c 4`, `my-binary call tasks.add --args '[2, 3]'`,
 //! `my-binary result <id> --wait 10`, `revoke`, `purge`, `queues`, `dead-letter list|requeue`,
-//! `config show`.
+//! `config show`; `my-binary worker -D --pidfile %n.pid --logfile %n.log` in the background
+//! and `my-binary multi start 3 ...|stop|stopwait|restart|kill|show|names` for several
+//! (`docs/multi.md`).
 //!
 //! Every verb runs with the app's configuration layered: flags > `CELERIAC_<SETTING>`
 //! environment variables > the `--config` file (else `./celeriac.toml`) > the app's code >
@@ -20,7 +22,11 @@
 
 mod args;
 mod config;
+mod detach;
 mod logging;
+mod multi;
+mod nodename;
+mod pidfile;
 mod queues;
 mod tasks;
 mod worker;
@@ -37,11 +43,12 @@ pub fn run(app: App) -> ExitCode {
     if let Some(code) = run_pool_child(&app) {
         return code;
     }
-    dispatch(app, Cli::parse(), true)
+    run_command_line(app, std::env::args_os().collect(), true)
 }
 
 /// [`run`] with the command line given (its first item is the program name), e.g. to drive
-/// the verbs from a test or a wrapper.
+/// the verbs from a test or a wrapper. (`worker --detach` and `multi` start this program,
+/// `std::env::current_exe()`, again with these arguments.)
 pub fn run_from<I, T>(app: App, args: I) -> ExitCode
 where
     I: IntoIterator<Item = T>,
@@ -50,14 +57,18 @@ where
     if let Some(code) = run_pool_child(&app) {
         return code;
     }
-    dispatch(app, Cli::parse_from(args), true)
+    run_command_line(app, args.into_iter().map(Into::into).collect(), true)
 }
 
 /// In a process-pool child (the worker re-executed this binary): log where the worker
 /// logs, then run jobs instead of parsing a command line.
 fn run_pool_child(app: &App) -> Option<ExitCode> {
-    celeriac::pool_child_index()?;
+    let index = celeriac::pool_child_index()?;
     let (level, logfile) = worker::child_log_settings();
+    let logfile = match logfile.map(|p| nodename::pool_child_logfile(&p, index)) {
+        Some(Err(message)) => return Some(fail(&message)),
+        other => other.and_then(Result::ok),
+    };
     if let Err(message) = logging::init(level.as_deref(), logfile.as_deref()) {
         return Some(fail(&message));
     }
@@ -66,15 +77,35 @@ fn run_pool_child(app: &App) -> Option<ExitCode> {
 
 /// Runs the command line without task code: every verb but `worker`.
 pub fn run_without_tasks(app: App) -> ExitCode {
-    dispatch(app, Cli::parse(), false)
+    run_command_line(app, std::env::args_os().collect(), false)
+}
+
+/// The verbs that manage processes (`worker --detach`, `multi`) run here, before any thread
+/// or runtime exists; the others through [`dispatch`].
+fn run_command_line(app: App, argv: Vec<std::ffi::OsString>, has_tasks: bool) -> ExitCode {
+    let cli = Cli::parse_from(&argv);
+    let outcome = match &cli.command {
+        Command::Worker(w) if w.detach && has_tasks => {
+            detach::spawn(&argv, w).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Multi(args) => multi::run(args, &cli.global, has_tasks),
+        _ => return dispatch(app, cli, has_tasks),
+    };
+    match outcome {
+        Ok(code) => code,
+        Err(message) => fail(&message),
+    }
 }
 
 fn dispatch(app: App, cli: Cli, has_tasks: bool) -> ExitCode {
     let logfile = match &cli.command {
-        Command::Worker(w) => w.logfile.as_deref(),
+        Command::Worker(w) => match nodename::worker_logfile(w) {
+            Ok(path) => path,
+            Err(message) => return fail(&message),
+        },
         _ => None,
     };
-    if let Err(message) = logging::init(cli.global.loglevel.as_deref(), logfile) {
+    if let Err(message) = logging::init(cli.global.loglevel.as_deref(), logfile.as_deref()) {
         return fail(&message);
     }
     let loaded = match config::load(&app, &cli.global) {
@@ -132,5 +163,8 @@ async fn execute(
         Command::Queues { queues } => queues::lengths(&app, queues).await,
         Command::DeadLetter(command) => queues::dead_letters(&app, command).await,
         Command::Config(command) => config::execute(loaded, command),
+        Command::Multi(_) => {
+            unreachable!("multi runs before the runtime starts (see `run_command_line`)")
+        }
     }
 }

@@ -13,7 +13,9 @@ const CHILD_LOGFILE_ENV: &str = "CELERIAC_POOL_LOGFILE";
 pub(crate) async fn run(app: &App, args: WorkerArgs, loglevel: Option<&str>) -> Result<(), String> {
     let mut config = worker_config(app, args.clone())?;
     apply_pool_args(&mut config, &args.pool)?;
-    config.child_command = Some(child_command(loglevel, args.logfile.as_deref()));
+    let child_logfile = crate::nodename::pool_logfile_pattern(&args)?;
+    config.child_command = Some(child_command(loglevel, child_logfile.as_deref()));
+    let _pidlock = crate::pidfile::lock_for_worker(args.pidfile.as_deref(), &config.hostname)?;
     let worker = app.worker(config).await.map_err(|e| e.to_string())?;
     println!("{}", worker.banner(app.name()));
     let shutdown = worker.shutdown_handle();
@@ -110,7 +112,7 @@ pub(crate) fn child_log_settings() -> (Option<String>, Option<PathBuf>) {
 }
 
 /// Celery's node-name variables: `%h` the host name, `%n` its first label, `%d` the rest.
-fn expand_node_name(name: &str, host: &str) -> String {
+pub(crate) fn expand_node_name(name: &str, host: &str) -> String {
     let (short, domain) = host.split_once('.').unwrap_or((host, ""));
     name.replace("%h", host)
         .replace("%n", short)
