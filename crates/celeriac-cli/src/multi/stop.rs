@@ -140,11 +140,11 @@ fn clear_pidfile(node: &Node, pid: u32) {
 
 /// Waits until every process is gone (or `limit` passes), calling `gone` for each as it
 /// goes; returns those still running.
-fn wait_gone<'a>(
-    mut pending: Vec<(&'a Node, u32)>,
+fn wait_gone(
+    mut pending: Vec<(&Node, u32)>,
     limit: Option<Duration>,
     mut gone: impl FnMut(&Node, u32),
-) -> Vec<(&'a Node, u32)> {
+) -> Vec<(&Node, u32)> {
     let deadline = limit.map(|l| Instant::now() + l);
     loop {
         pending.retain(|&(node, pid)| {
