@@ -176,11 +176,15 @@ fn start_3_runs_three_workers_and_stopwait_leaves_no_process_behind() {
     }
 
     let id = site.add(None);
-    let ran: Vec<&str> = THREE
-        .into_iter()
-        .filter(|n| site.log(n).contains(&format!("{id}] succeeded")))
-        .collect();
-    assert_eq!(ran.len(), 1, "task {id} ran on {ran:?}");
+    let succeeded = format!("{id}] succeeded");
+    let ran = || -> Vec<&str> {
+        THREE
+            .into_iter()
+            .filter(|n| site.log(n).contains(&succeeded))
+            .collect()
+    };
+    wait_until("a node to log the task's success", || !ran().is_empty());
+    assert_eq!(ran().len(), 1, "task {id} ran on {:?}", ran());
 
     let stop = site.multi("stopwait", &["3"]);
     assert!(stop.ok, "{stop:?}");
@@ -241,7 +245,9 @@ fn options_for_one_node_reach_that_node_only() {
     );
 
     let id = site.add(Some("images"));
-    assert!(site.log("celery2").contains(&format!("{id}] succeeded")));
+    wait_until("celery2 to log the task's success", || {
+        site.log("celery2").contains(&format!("{id}] succeeded"))
+    });
     assert!(!site.log("celery1").contains(&id));
     assert!(site.multi("stopwait", &["2"]).ok);
 }
@@ -404,4 +410,21 @@ fn restart_replaces_the_nodes_one_at_a_time() {
     }
     assert!(site.multi("stopwait", &["2"]).ok);
     assert!(new.iter().all(|&p| !alive(p)));
+}
+
+#[test]
+fn stopwait_right_after_start_is_still_a_warm_shutdown() {
+    let site = Site::new();
+    assert!(site.multi("start", &["2"]).ok);
+    let pids = [site.pid("celery1"), site.pid("celery2")];
+    // No waiting for `worker ready`: a worker whose pid is in its pidfile handles SIGTERM.
+    let stop = site.multi("stopwait", &["2"]);
+    assert!(stop.ok, "{stop:?}");
+    for (name, pid) in ["celery1", "celery2"].into_iter().zip(pids) {
+        assert!(!alive(pid));
+        let log = site.log(name);
+        assert!(log.contains("SIGTERM received: warm shutdown"), "{log}");
+        assert!(log.contains("worker stopped"), "{log}");
+        assert!(!site.pidfile(name).exists());
+    }
 }

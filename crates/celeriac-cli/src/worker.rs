@@ -15,11 +15,14 @@ pub(crate) async fn run(app: &App, args: WorkerArgs, loglevel: Option<&str>) -> 
     apply_pool_args(&mut config, &args.pool)?;
     let child_logfile = crate::nodename::pool_logfile_pattern(&args)?;
     config.child_command = Some(child_command(loglevel, child_logfile.as_deref()));
+    // Listening before the pidfile names this process: a SIGTERM sent to that pid is a warm
+    // shutdown from then on (received while starting, it is acted on once the worker runs).
+    let signals = listen_for_signals();
     let _pidlock = crate::pidfile::lock_for_worker(args.pidfile.as_deref(), &config.hostname)?;
     let worker = app.worker(config).await.map_err(|e| e.to_string())?;
     println!("{}", worker.banner(app.name()));
     let shutdown = worker.shutdown_handle();
-    tokio::spawn(forward_signals(shutdown));
+    tokio::spawn(forward_signals(signals, shutdown));
     worker.run().await.map_err(|e| e.to_string())
 }
 
@@ -119,15 +122,29 @@ pub(crate) fn expand_node_name(name: &str, host: &str) -> String {
         .replace("%d", domain)
 }
 
-/// First SIGTERM/SIGINT: warm shutdown; the second: stop now.
+/// SIGTERM and SIGINT listeners, installed when this returns.
 #[cfg(unix)]
-async fn forward_signals(shutdown: celeriac::ShutdownHandle) {
+type Signals = Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>;
+
+#[cfg(unix)]
+fn listen_for_signals() -> Signals {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
+    match (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot listen for SIGTERM/SIGINT");
+    ) {
+        (Ok(term), Ok(int)) => Some((term, int)),
+        _ => {
+            tracing::error!("cannot listen for SIGTERM/SIGINT");
+            None
+        }
+    }
+}
+
+/// First SIGTERM/SIGINT: warm shutdown; the second: stop now.
+#[cfg(unix)]
+async fn forward_signals(signals: Signals, shutdown: celeriac::ShutdownHandle) {
+    let Some((mut term, mut int)) = signals else {
         return;
     };
     loop {
@@ -141,7 +158,10 @@ async fn forward_signals(shutdown: celeriac::ShutdownHandle) {
 }
 
 #[cfg(not(unix))]
-async fn forward_signals(shutdown: celeriac::ShutdownHandle) {
+fn listen_for_signals() {}
+
+#[cfg(not(unix))]
+async fn forward_signals((): (), shutdown: celeriac::ShutdownHandle) {
     while tokio::signal::ctrl_c().await.is_ok() {
         shutdown.escalate();
     }
