@@ -428,3 +428,27 @@ fn stopwait_right_after_start_is_still_a_warm_shutdown() {
         assert!(!site.pidfile(name).exists());
     }
 }
+
+#[test]
+fn process_pool_children_expand_i_to_their_own_index() {
+    let site = Site::new();
+    let logfile = site.dir.path().join("%n%I.log").display().to_string();
+    let args = [
+        "worker", "-n", "kid@%h", "-P", "process", "-c", "2", "-f", &logfile,
+    ];
+    let mut worker = site.command(&args).spawn().unwrap();
+    site.seen.borrow_mut().push(worker.id());
+    site.wait_ready("kid");
+    // Celery numbers pool processes from 1: `%I` is `-1`, `-2` in them, empty in the worker.
+    for child in ["kid-1", "kid-2"] {
+        let path = site.dir.path().join(format!("{child}.log"));
+        wait_until(&format!("{} to exist", path.display()), || path.exists());
+    }
+    unsafe { libc::kill(worker.id() as i32, libc::SIGTERM) };
+    assert!(worker.wait().unwrap().success());
+    let names: Vec<String> = std::fs::read_dir(site.dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(!names.iter().any(|n| n.contains('%')), "{names:?}");
+}
