@@ -64,11 +64,19 @@ struct Opts {
     /// Worker concurrency.
     #[arg(short = 'c', long, default_value_t = 100)]
     concurrency: usize,
+    /// Worker pool: async, threads, process, solo.
+    #[arg(short = 'P', long, default_value = "async")]
+    pool: String,
+    /// Worker prefetch multiplier (messages reserved per pool slot).
+    #[arg(long = "prefetch-multiplier", default_value_t = 4)]
+    prefetch_multiplier: usize,
 }
 
 fn main() -> std::process::ExitCode {
-    if std::env::args().nth(1).as_deref() == Some("worker") {
-        // Child mode: the worker process (reads CELERIAC_BROKER_URL).
+    if std::env::args().nth(1).as_deref() == Some("worker") || celeriac::pool_child_index().is_some()
+    {
+        // Child mode: the worker process (reads CELERIAC_BROKER_URL), or one of its
+        // process-pool children.
         return celeriac_cli::run(App::builder("bench").task::<noop>().task::<stamp>().build());
     }
     let opts = Opts::parse();
@@ -177,7 +185,7 @@ async fn bench(opts: Opts) -> Result<(), Box<dyn std::error::Error>> {
     // 3. Drain: one worker process, acks and results included.
     let total = (sequential + sent + opts.n) as u64;
     let started = Instant::now();
-    let mut worker = spawn_worker(&url, &backend, opts.concurrency)?;
+    let mut worker = spawn_worker(&url, &backend, &opts)?;
     wait_drained(&app).await?;
     // Push-based brokers hand the worker its window before the queue reads empty: the drain
     // ends when the last task sent has finished.
@@ -185,8 +193,18 @@ async fn bench(opts: Opts) -> Result<(), Box<dyn std::error::Error>> {
         last.get(Duration::from_secs(600)).await?;
     }
     let drain = total as f64 / started.elapsed().as_secs_f64();
-    println!("drain ({total} tasks, 1 worker process, -c {}): {drain:>10.0} tasks/s (incl. process start)", opts.concurrency);
+    println!(
+        "drain ({total} tasks, 1 worker process, -P {} -c {} --prefetch-multiplier {}): {drain:>10.0} tasks/s (incl. process start)",
+        opts.pool, opts.concurrency, opts.prefetch_multiplier
+    );
     let rss_after_drain = peak_rss_kib(worker.id());
+    for child in pool_children(worker.id()) {
+        println!(
+            "pool child {child}: RSS {:.1} MB (peak {:.1} MB)",
+            status_kib(child, "VmRSS:") as f64 / 1024.0,
+            status_kib(child, "VmHWM:") as f64 / 1024.0
+        );
+    }
 
     // 4. Latency at a steady rate, worker idle and warm.
     let interval = Duration::from_secs_f64(1.0 / opts.rate.max(1) as f64);
@@ -221,14 +239,18 @@ async fn bench(opts: Opts) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-fn spawn_worker(url: &str, backend: &str, concurrency: usize) -> std::io::Result<Child> {
+fn spawn_worker(url: &str, backend: &str, opts: &Opts) -> std::io::Result<Child> {
     Command::new(std::env::current_exe()?)
         .args([
             "worker",
             "-l",
             "warn",
+            "-P",
+            &opts.pool,
             "-c",
-            &concurrency.to_string(),
+            &opts.concurrency.to_string(),
+            "--prefetch-multiplier",
+            &opts.prefetch_multiplier.to_string(),
             "-n",
             "bench@localhost",
         ])
@@ -261,15 +283,38 @@ async fn wait_drained(app: &App) -> Result<(), Box<dyn std::error::Error>> {
 
 /// VmHWM (peak resident set) of a process, in KiB.
 fn peak_rss_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmHWM:")
+}
+
+/// A `/proc/<pid>/status` field in KiB (0 when unreadable).
+fn status_kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
+                .find(|l| l.starts_with(field))
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|v| v.parse().ok())
         })
         .unwrap_or(0)
+}
+
+/// The worker's child processes (its process pool), from every thread's `children` list.
+fn pool_children(pid: u32) -> Vec<u32> {
+    let Ok(threads) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    let mut children: Vec<u32> = threads
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|list| {
+            list.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect();
+    children.sort_unstable();
+    children
 }
 
 fn stop(worker: &mut Child) {

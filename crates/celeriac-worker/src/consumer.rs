@@ -3,13 +3,17 @@
 //! one by one).
 //!
 //! The window is pool size × `prefetch_multiplier` places (× 1 with `--disable-prefetch`)
-//! and follows the pool when autoscale resizes it.
+//! and follows the pool when autoscale resizes it. A place is held until the message is
+//! acknowledged, as AMQP's prefetch count does: at start with early ack (so the window
+//! counts reserved messages, as Celery's), after the result is stored with late ack. A
+//! second, wider bound ([`IN_FLIGHT_PER_PLACE`]) caps the deliveries in hand, results being
+//! stored included, so a slow backend cannot make the worker take messages without limit.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use celeriac_core::{BrokerError, Consumer, Delivery, DeliveryTag, ErrorKind};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio::task::JoinSet;
 use tracing::{error, info};
 
@@ -25,6 +29,9 @@ pub(crate) enum Settle {
     Done,
 }
 
+/// Deliveries in hand (reserved, running, or storing their result) per window place.
+pub(crate) const IN_FLIGHT_PER_PLACE: usize = 8;
+
 /// How long one fetch waits for messages before the loop checks its phase again.
 const FETCH_WAIT: Duration = Duration::from_millis(500);
 
@@ -37,11 +44,11 @@ pub(crate) async fn fetch_loop(shared: &Arc<Shared>, handlers: &mut JoinSet<()>)
         }
         while handlers.try_join_next().is_some() {}
         let first = tokio::select! {
-            place = shared.window.take() => match place { Some(p) => p, None => return },
+            places = take_places(shared) => match places { Some(p) => p, None => return },
             _ = phase.changed() => continue,
         };
         let mut places = vec![first];
-        while let Some(p) = shared.window.try_take() {
+        while let Some(p) = try_take_places(shared) {
             places.push(p);
         }
         shared.sync_revocations().await;
@@ -56,11 +63,11 @@ pub(crate) async fn fetch_loop(shared: &Arc<Shared>, handlers: &mut JoinSet<()>)
                     failures = 0;
                 }
                 for delivery in deliveries {
-                    let Some(place) = places.pop() else { break };
+                    let Some((window, in_flight)) = places.pop() else { break };
                     let shared = shared.clone();
                     handlers.spawn(async move {
-                        shared.handle(delivery).await;
-                        drop(place);
+                        shared.handle(delivery, window).await;
+                        drop(in_flight);
                     });
                 }
             }
@@ -75,6 +82,21 @@ pub(crate) async fn fetch_loop(shared: &Arc<Shared>, handlers: &mut JoinSet<()>)
             }
         }
     }
+}
+
+type Places = (OwnedSemaphorePermit, OwnedSemaphorePermit);
+
+/// A window place and an in-flight place, waiting for both.
+async fn take_places(shared: &Shared) -> Option<Places> {
+    let in_flight = shared.in_flight.take().await?;
+    let window = shared.window.take().await?;
+    Some((window, in_flight))
+}
+
+fn try_take_places(shared: &Shared) -> Option<Places> {
+    let in_flight = shared.in_flight.try_take()?;
+    let window = shared.window.try_take()?;
+    Some((window, in_flight))
 }
 
 /// Acks in batches: whatever accumulated while the previous batch was in flight.

@@ -12,7 +12,7 @@ use celeriac_core::state::ExceptionInfo;
 use celeriac_core::task::{TaskContext, TaskOptions};
 use celeriac_core::Delivery;
 use chrono::Utc;
-use tokio::sync::{watch, Notify};
+use tokio::sync::{watch, Notify, OwnedSemaphorePermit};
 use tracing::{debug, error, info, warn};
 
 use crate::consumer::Settle;
@@ -30,6 +30,8 @@ pub(crate) struct Request<'a> {
     pub msg: &'a TaskMessage,
     pub builder: MetaBuilder<'a>,
     pub task: Arc<dyn ErasedTask>,
+    /// The delivery's prefetch-window place, given back when the message is acked.
+    window: Mutex<Option<OwnedSemaphorePermit>>,
 }
 
 impl Request<'_> {
@@ -39,6 +41,10 @@ impl Request<'_> {
 
     pub(crate) fn options(&self) -> &TaskOptions {
         self.task.options()
+    }
+
+    fn release_window_place(&self) {
+        lock(&self.window).take();
     }
 
     pub(crate) fn info(&self) -> TaskInfo<'_> {
@@ -69,7 +75,7 @@ impl InHandIds {
 }
 
 impl Shared {
-    pub(crate) async fn handle(self: &Arc<Self>, delivery: Delivery) {
+    pub(crate) async fn handle(self: &Arc<Self>, delivery: Delivery, window: OwnedSemaphorePermit) {
         let msg = match TaskMessage::from_raw(&delivery.message) {
             Ok(msg) => msg,
             Err(e) => {
@@ -95,6 +101,7 @@ impl Shared {
             msg: &msg,
             builder,
             task,
+            window: Mutex::new(Some(window)),
         };
         let settle = self.process(&request).await;
         self.settle(&delivery.tag, settle).await;
@@ -198,6 +205,7 @@ impl Shared {
         let acks_late = options.acks_late || self.config.task_acks_late;
         if !acks_late {
             self.settle(&req.delivery.tag, Settle::Ack).await;
+            req.release_window_place();
         }
         if options.track_started && self.keeps_result(req) {
             self.store(req.msg, &req.builder.started()).await;

@@ -20,7 +20,7 @@ use tracing::{error, info, warn};
 use crate::autoscale::Autoscaler;
 use crate::capacity::Capacity;
 use crate::completer::Completer;
-use crate::consumer::{ack_loop, fetch_loop};
+use crate::consumer::{ack_loop, fetch_loop, IN_FLIGHT_PER_PLACE};
 use crate::hooks::{Hooks, WorkerInfo};
 use crate::limiter::RateLimiter;
 use crate::pool::{self, Pool, PoolStats};
@@ -74,6 +74,8 @@ pub(crate) struct Shared {
     pub pool: Arc<dyn Pool>,
     /// The prefetch window: pool size × messages reserved per slot.
     pub window: Capacity,
+    /// Deliveries in hand at most (`consumer.rs`).
+    pub in_flight: Capacity,
     pub revoked: Revoked,
     pub in_hand: InHandIds,
     pub acks: mpsc::UnboundedSender<DeliveryTag>,
@@ -211,6 +213,9 @@ impl Worker {
             limiter: RateLimiter::default(),
             pool,
             window: Capacity::new(config.initial_size() * config.reserved_per_slot()),
+            in_flight: Capacity::new(
+                config.max_size() * config.reserved_per_slot() * IN_FLIGHT_PER_PLACE,
+            ),
             revoked: Revoked::default(),
             in_hand: InHandIds::default(),
             acks: ack_tx,
