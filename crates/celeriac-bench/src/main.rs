@@ -73,7 +73,8 @@ struct Opts {
 }
 
 fn main() -> std::process::ExitCode {
-    if std::env::args().nth(1).as_deref() == Some("worker") || celeriac::pool_child_index().is_some()
+    if std::env::args().nth(1).as_deref() == Some("worker")
+        || celeriac::pool_child_index().is_some()
     {
         // Child mode: the worker process (reads CELERIAC_BROKER_URL), or one of its
         // process-pool children.

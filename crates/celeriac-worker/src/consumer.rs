@@ -30,7 +30,7 @@ pub(crate) enum Settle {
 }
 
 /// Deliveries in hand (reserved, running, or storing their result) per window place.
-pub(crate) const IN_FLIGHT_PER_PLACE: usize = 8;
+pub(crate) const IN_FLIGHT_PER_PLACE: usize = 2;
 
 /// How long one fetch waits for messages before the loop checks its phase again.
 const FETCH_WAIT: Duration = Duration::from_millis(500);
@@ -63,7 +63,9 @@ pub(crate) async fn fetch_loop(shared: &Arc<Shared>, handlers: &mut JoinSet<()>)
                     failures = 0;
                 }
                 for delivery in deliveries {
-                    let Some((window, in_flight)) = places.pop() else { break };
+                    let Some((window, in_flight)) = places.pop() else {
+                        break;
+                    };
                     let shared = shared.clone();
                     handlers.spawn(async move {
                         shared.handle(delivery, window).await;

@@ -233,6 +233,11 @@ impl App {
         w.shutdown_timeout = c.worker_shutdown_timeout;
         w.task_acks_late = c.task_acks_late;
         w.task_ignore_result = c.task_ignore_result;
+        w.pool = c.worker_pool;
+        w.max_tasks_per_child = c.worker_max_tasks_per_child;
+        w.max_memory_per_child_kib = c.worker_max_memory_per_child;
+        w.time_limit = c.task_time_limit;
+        w.soft_time_limit = c.task_soft_time_limit;
         w
     }
 

@@ -17,7 +17,7 @@ use async_trait::async_trait;
 use celeriac_core::task::{panic_failure, SoftLimit, TaskBody, TaskError};
 use serde_json::Value;
 use tokio::sync::oneshot;
-use tokio::task::AbortHandle;
+use tokio::task::JoinHandle;
 use tracing::warn;
 
 use super::threads::ThreadSet;
@@ -66,32 +66,17 @@ impl InProcessPool {
         }
     }
 
-    /// Starts the body; the receiver gets its result once the code has really stopped.
-    fn start(
-        &self,
-        slot: Slot,
-        body: TaskBody<Value>,
-    ) -> (
-        oneshot::Receiver<Result<Value, TaskError>>,
-        Option<AbortHandle>,
-    ) {
-        let (done, result) = oneshot::channel();
+    /// Starts the body; the slot goes with it and is given back when the code has really
+    /// stopped.
+    fn start(&self, slot: Slot, body: TaskBody<Value>) -> Running {
         match body {
-            TaskBody::Async(future) => {
-                let inner = tokio::spawn(future);
-                let abort = inner.abort_handle();
-                tokio::spawn(async move {
-                    let ended = match inner.await {
-                        Ok(result) => result,
-                        Err(e) if e.is_panic() => Err(panic_failure(e.into_panic())),
-                        Err(_) => Err(TaskError::failure("RuntimeError", "task was cancelled")),
-                    };
-                    drop(slot);
-                    let _ = done.send(ended);
-                });
-                (result, Some(abort))
-            }
+            TaskBody::Async(future) => Running::Task(tokio::spawn(async move {
+                let result = future.await;
+                drop(slot);
+                result
+            })),
             TaskBody::Blocking(call) => {
+                let (done, result) = oneshot::channel();
                 let work = move || {
                     let ended = std::panic::catch_unwind(AssertUnwindSafe(call))
                         .unwrap_or_else(|payload| Err(panic_failure(payload)));
@@ -104,7 +89,7 @@ impl InProcessPool {
                         tokio::task::spawn_blocking(work);
                     }
                 }
-                (result, None)
+                Running::Thread(result)
             }
         }
     }
@@ -119,7 +104,7 @@ impl InProcessPool {
             hard_limit,
         } = job;
         let soft_handle = ctx.soft_limit_handle();
-        let label = format!("{}[{}]", ctx.name, ctx.id);
+        let task_id = ctx.id.clone();
         let body = match task.call(args, kwargs, ctx) {
             Ok(body) => body,
             Err(arg_error) => {
@@ -129,27 +114,53 @@ impl InProcessPool {
                 )))
             }
         };
-        let (mut result, abort) = self.start(slot, body);
+        let mut running = self.start(slot, body);
         let ending = tokio::select! {
-            ended = &mut result => {
-                return Ending::Finished(ended.unwrap_or_else(|_| {
-                    Err(TaskError::failure("RuntimeError", "task was cancelled"))
-                }))
-            }
+            ended = running.finished() => return Ending::Finished(ended),
             never = soft_timer(soft_limit, &soft_handle) => never,
             limit = hard_timer(hard_limit) => Ending::HardTimeLimit(limit),
             reason = stop_request(stop) => Ending::Stopped(reason),
         };
-        if let Some(abort) = abort {
-            abort.abort();
-        }
+        running.abort();
         let pool = self.kind.name();
+        let name = task.name();
         tokio::spawn(async move {
-            if tokio::time::timeout(STOP_GRACE, result).await.is_err() {
-                warn!("Task {label} did not stop: code running on the {pool} pool cannot be killed, so it keeps its slot until it returns (use -P process to enforce hard limits)");
+            if tokio::time::timeout(STOP_GRACE, running.finished())
+                .await
+                .is_err()
+            {
+                warn!("Task {name}[{task_id}] did not stop: code running on the {pool} pool cannot be killed, so it keeps its slot until it returns (use -P process to enforce hard limits)");
             }
         });
         ending
+    }
+}
+
+/// A body that was started: a task of the runtime, or a closure on a thread.
+enum Running {
+    Task(JoinHandle<Result<Value, TaskError>>),
+    Thread(oneshot::Receiver<Result<Value, TaskError>>),
+}
+
+impl Running {
+    /// The body's result once its code has stopped.
+    async fn finished(&mut self) -> Result<Value, TaskError> {
+        let cancelled = || TaskError::failure("RuntimeError", "task was cancelled");
+        match self {
+            Running::Task(handle) => match handle.await {
+                Ok(result) => result,
+                Err(e) if e.is_panic() => Err(panic_failure(e.into_panic())),
+                Err(_) => Err(cancelled()),
+            },
+            Running::Thread(result) => result.await.unwrap_or_else(|_| Err(cancelled())),
+        }
+    }
+
+    /// Cancels an async body at its next await (a thread cannot be stopped).
+    fn abort(&self) {
+        if let Running::Task(handle) = self {
+            handle.abort();
+        }
     }
 }
 

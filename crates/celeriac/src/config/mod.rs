@@ -11,6 +11,8 @@ mod show;
 
 use std::time::Duration;
 
+use celeriac_worker::PoolKind;
+
 pub use load::{ConfigError, ConfigSources, LoadedConfig, Origin};
 pub use settings::setting_names;
 pub use show::ConfigEntry;
@@ -60,6 +62,16 @@ pub struct Config {
     /// `worker_shutdown_timeout` (a celeriac setting): how long a graceful shutdown waits
     /// for running tasks.
     pub worker_shutdown_timeout: Duration,
+    /// `worker_pool` (`-P`): async, threads, process (Celery's `prefork`) or solo.
+    pub worker_pool: PoolKind,
+    /// `worker_max_tasks_per_child`: a process-pool child is replaced after this many.
+    pub worker_max_tasks_per_child: Option<u64>,
+    /// `worker_max_memory_per_child` (KiB resident, Celery's unit).
+    pub worker_max_memory_per_child: Option<u64>,
+    /// `task_time_limit`: the hard limit of tasks that set none.
+    pub task_time_limit: Option<Duration>,
+    /// `task_soft_time_limit`.
+    pub task_soft_time_limit: Option<Duration>,
 }
 
 impl Default for Config {
@@ -78,6 +90,11 @@ impl Default for Config {
             worker_concurrency: None,
             worker_prefetch_multiplier: 4,
             worker_shutdown_timeout: Duration::from_secs(30),
+            worker_pool: PoolKind::Async,
+            worker_max_tasks_per_child: None,
+            worker_max_memory_per_child: None,
+            task_time_limit: None,
+            task_soft_time_limit: None,
         }
     }
 }

@@ -6,6 +6,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use celeriac_worker::PoolKind;
+
 use super::Config;
 
 /// What a setting's value looks like outside code.
@@ -42,10 +44,15 @@ pub(super) const SETTINGS: &[(&str, Kind)] = &[
     ("task_routes", Kind::Table),
     ("task_acks_late", Kind::Bool),
     ("task_ignore_result", Kind::Bool),
+    ("task_time_limit", Kind::Seconds),
+    ("task_soft_time_limit", Kind::Seconds),
     ("timezone", Kind::Text),
     ("worker_concurrency", Kind::Count),
     ("worker_prefetch_multiplier", Kind::Count),
     ("worker_shutdown_timeout", Kind::Seconds),
+    ("worker_pool", Kind::Text),
+    ("worker_max_tasks_per_child", Kind::Count),
+    ("worker_max_memory_per_child", Kind::Count),
 ];
 
 /// The names of every setting a file or the environment may set.
@@ -117,6 +124,12 @@ pub(super) fn settings_of(config: &Config) -> Map<String, Value> {
     put("task_routes", routes.into());
     put("task_acks_late", config.task_acks_late.into());
     put("task_ignore_result", config.task_ignore_result.into());
+    if let Some(d) = config.task_time_limit {
+        put("task_time_limit", seconds_value(d));
+    }
+    if let Some(d) = config.task_soft_time_limit {
+        put("task_soft_time_limit", seconds_value(d));
+    }
     put("timezone", config.timezone.clone().into());
     if let Some(n) = config.worker_concurrency {
         put("worker_concurrency", n.into());
@@ -129,6 +142,13 @@ pub(super) fn settings_of(config: &Config) -> Map<String, Value> {
         "worker_shutdown_timeout",
         seconds_value(config.worker_shutdown_timeout),
     );
+    put("worker_pool", config.worker_pool.name().into());
+    if let Some(n) = config.worker_max_tasks_per_child {
+        put("worker_max_tasks_per_child", n.into());
+    }
+    if let Some(n) = config.worker_max_memory_per_child {
+        put("worker_max_memory_per_child", n.into());
+    }
     s
 }
 
@@ -158,6 +178,11 @@ pub(super) struct Extracted {
     pub worker_concurrency: Option<usize>,
     pub worker_prefetch_multiplier: usize,
     pub worker_shutdown_timeout: f64,
+    pub task_time_limit: Option<f64>,
+    pub task_soft_time_limit: Option<f64>,
+    pub worker_pool: String,
+    pub worker_max_tasks_per_child: Option<u64>,
+    pub worker_max_memory_per_child: Option<u64>,
 }
 
 /// A value that deserialized but means nothing.
@@ -196,7 +221,25 @@ impl Extracted {
                 "worker_shutdown_timeout",
                 self.worker_shutdown_timeout,
             )?,
+            worker_pool: PoolKind::parse(&self.worker_pool).ok_or_else(|| Invalid {
+                setting: "worker_pool",
+                expected: "async, threads, process (or prefork) or solo".into(),
+                found: format!("{:?}", self.worker_pool),
+            })?,
+            // As in Celery, 0 means no limit.
+            worker_max_tasks_per_child: self.worker_max_tasks_per_child.filter(|n| *n > 0),
+            worker_max_memory_per_child: self.worker_max_memory_per_child.filter(|n| *n > 0),
+            task_time_limit: limit("task_time_limit", self.task_time_limit)?,
+            task_soft_time_limit: limit("task_soft_time_limit", self.task_soft_time_limit)?,
         })
+    }
+}
+
+/// An optional limit in seconds; 0 means none.
+fn limit(setting: &'static str, seconds: Option<f64>) -> Result<Option<Duration>, Invalid> {
+    match seconds {
+        Some(s) => Ok(Some(duration(setting, s)?).filter(|d| !d.is_zero())),
+        None => Ok(None),
     }
 }
 
@@ -242,6 +285,10 @@ mod tests {
             broker_url: Some("redis://h".into()),
             result_backend: Some("redis://h".into()),
             worker_concurrency: Some(2),
+            worker_max_tasks_per_child: Some(10),
+            worker_max_memory_per_child: Some(1 << 20),
+            task_time_limit: Some(Duration::from_secs(60)),
+            task_soft_time_limit: Some(Duration::from_secs(50)),
             ..Config::default()
         };
         let written: Vec<_> = settings_of(&full).keys().cloned().collect();

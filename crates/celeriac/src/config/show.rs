@@ -46,6 +46,14 @@ impl LoadedConfig {
                     "result_expires" if config.result_expires.is_none() => {
                         (0.into(), Some("never expire"))
                     }
+                    "task_time_limit"
+                    | "task_soft_time_limit"
+                    | "worker_max_tasks_per_child"
+                    | "worker_max_memory_per_child"
+                        if !settings.contains_key(name) =>
+                    {
+                        (0.into(), Some("no limit"))
+                    }
                     _ => (redact_secrets(settings[name].clone()), None),
                 };
                 ConfigEntry {

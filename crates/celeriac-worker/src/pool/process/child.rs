@@ -68,11 +68,12 @@ fn serve(
     let mut writer = BufWriter::new(stream);
     while let Some(job) = frame::read_blocking::<JobFrame>(&mut reader)? {
         let number = job.job;
+        let measure_memory = job.measure_memory;
         let result = runtime.block_on(run_job(registry, job));
         let done = DoneFrame {
             job: number,
             result: ResultFrame::from_result(result),
-            rss_kib: resident_kib(),
+            rss_kib: if measure_memory { resident_kib() } else { 0 },
         };
         frame::write_blocking(&mut writer, &frame::encode(&done))?;
     }

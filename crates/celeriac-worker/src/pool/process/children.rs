@@ -214,7 +214,10 @@ fn free_index(state: &State) -> usize {
         .unwrap_or(0)
 }
 
-async fn write_frames(mut socket: OwnedWriteHalf, mut frames: mpsc::UnboundedReceiver<Vec<u8>>) {
+async fn write_frames(
+    mut socket: OwnedWriteHalf,
+    mut frames: mpsc::UnboundedReceiver<Arc<Vec<u8>>>,
+) {
     let mut batch = Vec::new();
     while let Some(bytes) = frames.recv().await {
         batch.extend_from_slice(&bytes);

@@ -23,6 +23,9 @@ pub(crate) struct JobFrame {
     pub kwargs: Map<String, Value>,
     pub ctx: ContextFrame,
     pub soft_limit: Option<f64>,
+    /// Whether the worker wants the child's resident memory after the task
+    /// (`--max-memory-per-child`); reading it costs a file read per task.
+    pub measure_memory: bool,
 }
 
 /// A [`TaskContext`] without its soft-limit handle (the child makes its own).
@@ -76,7 +79,7 @@ pub(crate) struct DoneFrame {
     pub job: u64,
     pub result: ResultFrame,
     /// The child's resident set size after the task, in KiB (Celery's unit for
-    /// `--max-memory-per-child`).
+    /// `--max-memory-per-child`); 0 when not asked for.
     pub rss_kib: u64,
 }
 

@@ -86,7 +86,9 @@ enum KillReason {
 struct Pending {
     job: u64,
     task_id: String,
-    bytes: Vec<u8>,
+    /// The encoded frame, kept to be written again to another child if the first dies
+    /// before starting it.
+    bytes: Arc<Vec<u8>>,
     reply: oneshot::Sender<Ending>,
     started: Option<oneshot::Sender<()>>,
 }
@@ -101,7 +103,7 @@ struct ChildEntry {
     index: usize,
     pid: u32,
     /// Frames to the child; `None` once the child was told to exit.
-    writer: Option<mpsc::UnboundedSender<Vec<u8>>>,
+    writer: Option<mpsc::UnboundedSender<Arc<Vec<u8>>>>,
     queue: VecDeque<InFlight>,
     tasks_done: u64,
     /// Takes no new jobs; exits once its queue is empty.
@@ -233,11 +235,12 @@ impl Pool for ProcessPool {
                 kwargs: job.kwargs,
                 ctx: ContextFrame::from_context(&job.ctx),
                 soft_limit: job.soft_limit.map(|d| d.as_secs_f64()),
+                measure_memory: self.inner.settings.max_memory_per_child_kib.is_some(),
             };
             state.pending.push_back(Pending {
                 job: number,
                 task_id: job.ctx.id.clone(),
-                bytes: frame::encode(&frame),
+                bytes: Arc::new(frame::encode(&frame)),
                 reply,
                 started: Some(started),
             });
