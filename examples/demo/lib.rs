@@ -106,6 +106,16 @@ pub fn crash() {
     std::process::abort()
 }
 
+/// The pool index `worker_process_init` saw in this process (`None` outside a process-pool
+/// child): proves per-child start-up work ran, once, where the tasks run.
+#[task(name = "tasks.child_index")]
+pub fn child_index() -> Option<usize> {
+    CHILD_INDEX.get().copied()
+}
+
+/// Set by the demo app's `worker_process_init` hook.
+static CHILD_INDEX: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+
 /// The id of the process that ran it (a pool child's, with `-P process`).
 #[task(name = "tasks.pid")]
 pub fn pid() -> u32 {
@@ -136,5 +146,13 @@ pub fn app() -> App {
         .task::<leak>()
         .task::<pid>()
         .task::<crash>()
+        .task::<child_index>()
+        .hooks(|h| {
+            h.worker_process_init(|process| {
+                CHILD_INDEX
+                    .set(process.index)
+                    .map_err(|_| "worker_process_init ran twice in one child".into())
+            });
+        })
         .build()
 }

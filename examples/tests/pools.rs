@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use celeriac::{App, ResultError, TaskState};
-use celeriac_demo::{add, crash, leak, pid, sleep, spin};
+use celeriac_demo::{add, child_index, crash, leak, pid, sleep, spin};
 use common::{Proc, DEMO, WAIT};
 
 /// Where a test's worker and client meet.
@@ -174,6 +174,14 @@ async fn one_task_per_child(s: Store) {
     for r in results {
         pids.push(r.get(WAIT).await.unwrap());
     }
+    // Every child ran `worker_process_init` before its task, with its pool index.
+    let index = child_index::delay(&app)
+        .await
+        .unwrap()
+        .get(WAIT)
+        .await
+        .unwrap();
+    assert!(matches!(index, Some(0 | 1)), "{index:?}");
     pids.sort_unstable();
     pids.dedup();
     assert_eq!(pids.len(), 20, "{pids:?}");

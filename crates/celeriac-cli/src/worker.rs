@@ -169,7 +169,76 @@ async fn forward_signals((): (), shutdown: celeriac::ShutdownHandle) {
 
 #[cfg(test)]
 mod tests {
-    use super::expand_node_name;
+    use super::{apply_pool_args, expand_node_name};
+    use crate::args::PoolArgs;
+    use celeriac::{Optimization, PoolKind, WorkerConfig};
+    use std::time::Duration;
+
+    fn applied(args: PoolArgs) -> Result<WorkerConfig, String> {
+        let mut config = WorkerConfig::default();
+        apply_pool_args(&mut config, &args).map(|()| config)
+    }
+
+    #[test]
+    fn pool_flags_reach_the_worker_config() {
+        let c = applied(PoolArgs {
+            pool: Some("prefork".into()),
+            optimization: Some("fast".into()),
+            max_tasks_per_child: Some(5),
+            max_memory_per_child: Some(1024),
+            autoscale: Some("6,2".into()),
+            autoscale_min_free_memory: Some(256),
+            time_limit: Some(2.5),
+            soft_time_limit: Some(0.0),
+            disable_prefetch: true,
+            max_child_losses: Some(4),
+            ..PoolArgs::default()
+        })
+        .unwrap();
+        assert_eq!(c.pool, PoolKind::Process);
+        assert_eq!(c.optimization, Optimization::Fast);
+        assert_eq!(
+            (c.max_tasks_per_child, c.max_memory_per_child_kib),
+            (Some(5), Some(1024))
+        );
+        let a = c.autoscale.unwrap();
+        assert_eq!((a.max, a.min, a.min_free_memory_mb), (6, 2, Some(256)));
+        assert_eq!(c.time_limit, Some(Duration::from_millis(2500)));
+        assert_eq!(c.soft_time_limit, None, "0 means no limit");
+        assert!(c.disable_prefetch);
+        assert_eq!(c.max_child_losses, 4);
+    }
+
+    #[test]
+    fn bad_pool_flags_name_the_flag_and_the_choices() {
+        let e = applied(PoolArgs {
+            pool: Some("gevnet".into()),
+            ..PoolArgs::default()
+        })
+        .unwrap_err();
+        assert!(
+            e.contains("-P/--pool \"gevnet\"") && e.contains("async, threads, process or solo"),
+            "{e}"
+        );
+        let e = applied(PoolArgs {
+            optimization: Some("quick".into()),
+            ..PoolArgs::default()
+        })
+        .unwrap_err();
+        assert!(e.contains("-O \"quick\""), "{e}");
+        let e = applied(PoolArgs {
+            autoscale_max_load: Some(2.0),
+            ..PoolArgs::default()
+        })
+        .unwrap_err();
+        assert!(e.contains("give --autoscale MAX,MIN too"), "{e}");
+        let e = applied(PoolArgs {
+            autoscale: Some("a,b".into()),
+            ..PoolArgs::default()
+        })
+        .unwrap_err();
+        assert!(e.contains("--autoscale \"a,b\" must be MAX,MIN"), "{e}");
+    }
 
     #[test]
     fn node_names_expand_like_celery() {

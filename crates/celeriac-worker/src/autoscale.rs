@@ -196,6 +196,46 @@ impl Autoscaler {
     }
 }
 
+/// The autoscaler as a worker component: looks every `interval`, resizes the pool (and the
+/// prefetch window with it).
+pub(crate) async fn follow(shared: Arc<crate::worker::Shared>, mut scaler: Autoscaler) {
+    let mut ticks = tokio::time::interval(scaler.config().interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let sensors = scaler.config().sensors.clone();
+        let readings = Readings {
+            size: shared.pool.size(),
+            demand: shared.demand().await,
+            free_memory_mb: sensors.free_memory_mb(),
+            load_per_cpu: sensors.load_per_cpu(),
+        };
+        match scaler.decide(readings, Instant::now()) {
+            Decision::Hold => {}
+            Decision::Grow { to, reason } => {
+                tracing::info!(
+                    "autoscale: growing the pool from {} to {to}: {reason}",
+                    readings.size
+                );
+                shared.resize_pool(to);
+            }
+            Decision::Shrink { to, reason } => {
+                tracing::info!(
+                    "autoscale: shrinking the pool from {} to {to}: {reason}",
+                    readings.size
+                );
+                shared.resize_pool(to);
+            }
+            Decision::Refuse { wanted, reason } => {
+                tracing::warn!(
+                    "autoscale: not growing the pool from {} to {wanted}: {reason}",
+                    readings.size
+                );
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -304,45 +344,5 @@ mod tests {
         assert_eq!((c.max, c.min), (4, 1));
         assert!(AutoscaleConfig::parse("x,1").is_err());
         assert!(AutoscaleConfig::parse("0").is_err());
-    }
-}
-
-/// The autoscaler as a worker component: looks every `interval`, resizes the pool (and the
-/// prefetch window with it).
-pub(crate) async fn follow(shared: Arc<crate::worker::Shared>, mut scaler: Autoscaler) {
-    let mut ticks = tokio::time::interval(scaler.config().interval);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        ticks.tick().await;
-        let sensors = scaler.config().sensors.clone();
-        let readings = Readings {
-            size: shared.pool.size(),
-            demand: shared.demand().await,
-            free_memory_mb: sensors.free_memory_mb(),
-            load_per_cpu: sensors.load_per_cpu(),
-        };
-        match scaler.decide(readings, Instant::now()) {
-            Decision::Hold => {}
-            Decision::Grow { to, reason } => {
-                tracing::info!(
-                    "autoscale: growing the pool from {} to {to}: {reason}",
-                    readings.size
-                );
-                shared.resize_pool(to);
-            }
-            Decision::Shrink { to, reason } => {
-                tracing::info!(
-                    "autoscale: shrinking the pool from {} to {to}: {reason}",
-                    readings.size
-                );
-                shared.resize_pool(to);
-            }
-            Decision::Refuse { wanted, reason } => {
-                tracing::warn!(
-                    "autoscale: not growing the pool from {} to {wanted}: {reason}",
-                    readings.size
-                );
-            }
-        }
     }
 }
