@@ -162,6 +162,35 @@ async fn kill_9_of_a_child_on_redis() {
     }
 }
 
+/// `revoke(terminate=True, signal=...)`: the child running the task gets that signal
+/// (SIGTERM by default), the task ends REVOKED `terminated`, a new child takes its place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminate_sends_the_chosen_signal_to_the_child() {
+    let s = sqlite_store();
+    let w = worker(&s, &["-c", "1"]);
+    let app = client(&s);
+    for (signal, how) in [
+        (None, "signal 15 (SIGTERM)"),
+        (Some(celeriac::Signal::KILL), "signal 9 (SIGKILL)"),
+    ] {
+        let looping = spin::delay(&app, 30.0).await.unwrap();
+        w.wait_for(&format!("Task tasks.spin[{}] starting", looping.id()));
+        match signal {
+            Some(signal) => looping.terminate(signal).await.unwrap(),
+            None => looping.revoke(true).await.unwrap(),
+        }
+        let e = failure(looping.get(WAIT).await);
+        assert_eq!(
+            (e.exc_type.as_str(), e.message.as_str()),
+            ("TaskRevokedError", "terminated")
+        );
+        w.wait_for(&format!("stopped by the worker: {how}"));
+    }
+    let r = add::delay(&app, 3, 4).await.unwrap();
+    assert_eq!(r.get(WAIT).await.unwrap(), 7);
+    w.stop();
+}
+
 /// `--max-tasks-per-child 1`: 20 tasks, 20 distinct child pids, none of them the worker's.
 async fn one_task_per_child(s: Store) {
     let w = worker(&s, &["-c", "2", "--max-tasks-per-child", "1"]);

@@ -10,7 +10,7 @@ use lapin::types::FieldTable;
 
 use celeriac_core::broker::{
     Broker, Consumer, ConsumerSpec, DeadLetters, Publish, Purge, QueueLength, QueueStats,
-    Revocation, Revocations, StatsCoverage,
+    Revocation, Revocations, Signal, StatsCoverage,
 };
 use celeriac_core::BrokerError;
 
@@ -138,7 +138,11 @@ impl Broker for AmqpBroker {
 /// also broadcast to `celery.pidbox` as Celery's `revoke` for Python workers.
 #[async_trait]
 impl Revocations for AmqpBroker {
-    async fn revoke(&self, task_ids: &[String], terminate: bool) -> Result<(), BrokerError> {
+    async fn revoke(
+        &self,
+        task_ids: &[String],
+        terminate: Option<Signal>,
+    ) -> Result<(), BrokerError> {
         if task_ids.is_empty() {
             return Ok(());
         }

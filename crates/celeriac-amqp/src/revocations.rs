@@ -25,7 +25,7 @@ use serde_json::{json, Value};
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 
-use celeriac_core::broker::Revocation;
+use celeriac_core::broker::{Revocation, Signal};
 use celeriac_core::control::{revoke_broadcast, BROADCAST_TTL_SECONDS};
 use celeriac_core::json::to_python_json;
 use celeriac_core::time::from_millis;
@@ -64,10 +64,11 @@ struct View {
 }
 
 /// One stream message, as written by [`RevocationLog::record`] and [`RevocationLog::mark`].
-fn record_body(task_ids: &[String], terminate: bool, mark: &str) -> Vec<u8> {
+fn record_body(task_ids: &[String], terminate: Option<Signal>, mark: &str) -> Vec<u8> {
     json!({
         "task_ids": task_ids,
-        "terminate": terminate,
+        "terminate": terminate.is_some(),
+        "signal": terminate.unwrap_or(Signal::TERM).0,
         "at": Utc::now().timestamp_millis(),
         "mark": mark,
     })
@@ -82,7 +83,7 @@ fn mark_message(mark: &str) -> Outgoing {
         routing_key: REVOCATIONS.into(),
         declare: Declare::Nothing,
         props: OutProps::Built(json_properties()),
-        body: record_body(&[], false, mark),
+        body: record_body(&[], None, mark),
     }
 }
 
@@ -101,6 +102,10 @@ impl View {
             return;
         };
         let terminate = v["terminate"].as_bool().unwrap_or(false);
+        let signal = v["signal"]
+            .as_i64()
+            .and_then(|n| i32::try_from(n).ok())
+            .map_or(Signal::TERM, Signal);
         let at = from_millis(v["at"].as_i64().unwrap_or(0));
         for id in v["task_ids"].as_array().into_iter().flatten() {
             let Some(id) = id.as_str() else { continue };
@@ -110,6 +115,7 @@ impl View {
                 Revocation {
                     task_id: id.to_string(),
                     terminate,
+                    signal,
                     at,
                 },
             ));
@@ -219,7 +225,7 @@ impl RevocationLog {
     /// The stream message recording a revoke, and Celery's broadcast of it.
     pub(crate) fn record(
         task_ids: &[String],
-        terminate: bool,
+        terminate: Option<Signal>,
         mark: &str,
         clock: u64,
     ) -> [Outgoing; 2] {
@@ -434,9 +440,9 @@ mod tests {
         let mut v = View::default();
         let (tx, mut rx) = oneshot::channel();
         v.waiting.insert("m".into(), tx);
-        v.apply(3, &record_body(&["a".into(), "b".into()], false, "x"));
-        v.apply(4, &record_body(&[], false, "m"));
-        v.apply(5, &record_body(&["c".into()], true, "y"));
+        v.apply(3, &record_body(&["a".into(), "b".into()], None, "x"));
+        v.apply(4, &record_body(&[], None, "m"));
+        v.apply(5, &record_body(&["c".into()], Some(Signal::TERM), "y"));
         assert!(rx.try_recv().is_ok() && v.caught_up);
         assert_eq!(v.resume_at, Some(6));
         assert_eq!(v.ids.len(), 3);

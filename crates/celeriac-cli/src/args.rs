@@ -51,6 +51,9 @@ pub(crate) enum Command {
         task_ids: Vec<String>,
         #[arg(long)]
         terminate: bool,
+        /// The signal --terminate sends to a process-pool child: TERM (default), KILL, ...
+        #[arg(short = 's', long, requires = "terminate")]
+        signal: Option<String>,
     },
     /// Remove all waiting messages from queues.
     Purge {

@@ -158,7 +158,8 @@ async fn execute(
         Command::Revoke {
             task_ids,
             terminate,
-        } => tasks::revoke(&app, task_ids, terminate).await,
+            signal,
+        } => tasks::revoke(&app, task_ids, terminate, signal.as_deref()).await,
         Command::Purge { queues, force } => queues::purge(&app, queues, force).await,
         Command::Queues { queues } => queues::lengths(&app, queues).await,
         Command::DeadLetter(command) => queues::dead_letters(&app, command).await,

@@ -1,5 +1,6 @@
 //! The verbs about single tasks: `call`, `result`, `revoke`.
 
+use celeriac::core::broker::Signal;
 use celeriac::core::state::TaskMeta;
 use celeriac::serde_json::{self, Value};
 use celeriac::{App, Call};
@@ -61,11 +62,18 @@ pub(crate) async fn revoke(
     app: &App,
     task_ids: Vec<String>,
     terminate: bool,
+    signal: Option<&str>,
 ) -> Result<(), String> {
     if task_ids.is_empty() {
         return Err("revoke needs at least one task id".into());
     }
-    app.revoke(&task_ids, terminate)
+    let signal = match signal {
+        Some(name) => Signal::parse(name).ok_or_else(|| {
+            format!("--signal {name:?} is not a signal: use TERM, KILL, INT, QUIT, HUP, USR1, USR2 or a number")
+        })?,
+        None => Signal::TERM,
+    };
+    app.revoke_with(&task_ids, terminate.then_some(signal))
         .await
         .map_err(|e| e.to_string())?;
     for id in task_ids {

@@ -241,13 +241,66 @@ pub struct Revocation {
     pub task_id: String,
     /// Stop the task if it is running.
     pub terminate: bool,
+    /// The signal a terminate sends to a process-pool child (Celery's `signal=`).
+    pub signal: Signal,
     pub at: DateTime<Utc>,
+}
+
+/// A POSIX signal by number, named as Celery names them (`SIGTERM`, `SIGKILL`, ...).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Signal(pub i32);
+
+impl Signal {
+    pub const TERM: Signal = Signal(15);
+    pub const KILL: Signal = Signal(9);
+
+    const NAMES: &'static [(&'static str, i32)] = &[
+        ("SIGHUP", 1),
+        ("SIGINT", 2),
+        ("SIGQUIT", 3),
+        ("SIGABRT", 6),
+        ("SIGKILL", 9),
+        ("SIGUSR1", 10),
+        ("SIGUSR2", 12),
+        ("SIGTERM", 15),
+    ];
+
+    /// `SIGKILL`, `KILL`, `kill` or `9`, as Celery's `revoke(signal=...)` accepts.
+    pub fn parse(name: &str) -> Option<Signal> {
+        if let Ok(n) = name.parse::<i32>() {
+            return (1..=64).contains(&n).then_some(Signal(n));
+        }
+        let upper = name.to_ascii_uppercase();
+        let full = if upper.starts_with("SIG") {
+            upper
+        } else {
+            format!("SIG{upper}")
+        };
+        Self::NAMES
+            .iter()
+            .find(|(n, _)| *n == full)
+            .map(|(_, number)| Signal(*number))
+    }
+
+    /// The name Celery's broadcasts carry (`SIGTERM`), or the number for others.
+    pub fn name(self) -> String {
+        Self::NAMES
+            .iter()
+            .find(|(_, n)| *n == self.0)
+            .map_or_else(|| self.0.to_string(), |(name, _)| (*name).to_string())
+    }
 }
 
 /// Durable revokes: a revoked id never runs, on any worker, even after restarts.
 #[async_trait]
 pub trait Revocations: Send + Sync {
-    async fn revoke(&self, task_ids: &[String], terminate: bool) -> Result<(), BrokerError>;
+    /// Records the revoke of `task_ids`; with `terminate`, a running one is stopped with
+    /// that signal.
+    async fn revoke(
+        &self,
+        task_ids: &[String],
+        terminate: Option<Signal>,
+    ) -> Result<(), BrokerError>;
     async fn is_revoked(&self, task_id: &str) -> Result<bool, BrokerError>;
     /// Revocations recorded after `cursor` (0 = all), and the cursor to pass next time; the
     /// cursor never goes backwards and moves forward whenever something is returned.

@@ -22,7 +22,7 @@ use async_trait::async_trait;
 use base64::Engine;
 use celeriac_core::broker::{
     Broker, Consumer, ConsumerSpec, DeadLetter, DeadLetters, Delivery, DeliveryTag, Publish, Purge,
-    QueueLength, QueueStats, RawMessage, Revocation, Revocations,
+    QueueLength, QueueStats, RawMessage, Revocation, Revocations, Signal,
 };
 use celeriac_core::control::{revoke_broadcast, BROADCAST_TTL_SECONDS};
 use celeriac_core::json::to_python_json;
@@ -1543,7 +1543,7 @@ fn cursor_stream_id(cursor: u64) -> String {
 impl RedisBroker {
     /// Celery's `revoke` broadcast as kombu PUBLISHes it on the pidbox fanout channel
     /// (vectors 17 and 22: a cast, so no `ticket` / `reply_to`).
-    fn pidbox_revoke(&self, task_ids: &[String], terminate: bool) -> String {
+    fn pidbox_revoke(&self, task_ids: &[String], terminate: Option<Signal>) -> String {
         let body = revoke_broadcast(task_ids, terminate);
         let body = to_python_json(&Value::Object(body));
         let clock = self.inner.clock.fetch_add(1, Ordering::Relaxed) + 1;
@@ -1575,7 +1575,11 @@ impl RedisBroker {
 
 #[async_trait]
 impl Revocations for RedisBroker {
-    async fn revoke(&self, task_ids: &[String], terminate: bool) -> Result<(), BrokerError> {
+    async fn revoke(
+        &self,
+        task_ids: &[String],
+        terminate: Option<Signal>,
+    ) -> Result<(), BrokerError> {
         if task_ids.is_empty() {
             return Ok(());
         }
@@ -1593,7 +1597,7 @@ impl Revocations for RedisBroker {
                 .arg("task_id")
                 .arg(id)
                 .arg("terminate")
-                .arg(if terminate { 1 } else { 0 })
+                .arg(terminate.map_or(0, |s| s.0))
                 .arg("at")
                 .arg(now)
                 .ignore();
@@ -1651,12 +1655,13 @@ impl Revocations for RedisBroker {
                 next = next.max(c);
             }
             let mut task_id = None;
-            let mut terminate = false;
+            let mut terminate = 0i32;
             let mut at = 0i64;
             for pair in fields.chunks(2) {
                 match (pair[0].as_str(), pair.get(1)) {
                     ("task_id", Some(v)) => task_id = Some(v.clone()),
-                    ("terminate", Some(v)) => terminate = v == "1",
+                    // 0, 1 (SIGTERM, as earlier versions wrote) or the signal.
+                    ("terminate", Some(v)) => terminate = v.parse().unwrap_or(0),
                     ("at", Some(v)) => at = v.parse().unwrap_or(0),
                     _ => {}
                 }
@@ -1664,7 +1669,12 @@ impl Revocations for RedisBroker {
             if let Some(task_id) = task_id {
                 out.push(Revocation {
                     task_id,
-                    terminate,
+                    terminate: terminate != 0,
+                    signal: if terminate > 1 {
+                        Signal(terminate)
+                    } else {
+                        Signal::TERM
+                    },
                     at: from_millis(at),
                 });
             }

@@ -7,7 +7,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use celeriac_core::broker::{Broker, Consumer, ConsumerSpec, Delivery, Publish, RawMessage};
+use celeriac_core::broker::{
+    Broker, Consumer, ConsumerSpec, Delivery, Publish, RawMessage, Signal,
+};
 use celeriac_core::ErrorKind;
 use celeriac_redis::RedisBroker;
 use chrono::{TimeDelta, Utc};
@@ -589,7 +591,9 @@ async fn revocations_are_durable_and_broadcast_to_python_workers() {
         .await
         .unwrap();
     let r = b.revocations().unwrap();
-    r.revoke(&["t1".into(), "t2".into()], true).await.unwrap();
+    r.revoke(&["t1".into(), "t2".into()], Some(Signal::TERM))
+        .await
+        .unwrap();
     let mut stream = Box::pin(sub.on_message());
     let next = std::future::poll_fn(|cx| futures_core::Stream::poll_next(stream.as_mut(), cx));
     let m = tokio::time::timeout(Duration::from_secs(2), next)
@@ -635,7 +639,7 @@ async fn revocations_are_durable_and_broadcast_to_python_workers() {
     let (all, cursor) = r.revocations_since(0).await.unwrap();
     assert_eq!(all.len(), 2);
     assert!(all.iter().all(|x| x.terminate));
-    r.revoke(&["t3".into()], false).await.unwrap();
+    r.revoke(&["t3".into()], None).await.unwrap();
     let (new, next) = r.revocations_since(cursor).await.unwrap();
     assert_eq!(new.len(), 1);
     assert_eq!(new[0].task_id, "t3");

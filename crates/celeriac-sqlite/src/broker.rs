@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use celeriac_core::broker::{
     Broker, Consumer, ConsumerSpec, DeadLetter, DeadLetters, Delivery, DeliveryTag, Publish, Purge,
-    QueueLength, QueueStats, RawMessage, Revocation, Revocations,
+    QueueLength, QueueStats, RawMessage, Revocation, Revocations, Signal,
 };
 use celeriac_core::error::{BrokerError, ErrorKind};
 use celeriac_core::time::from_millis;
@@ -705,17 +705,35 @@ impl DeadLetters for SqliteStore {
     }
 }
 
+/// A `revoked` row as a [`Revocation`] (`terminate`: 0, 1 for SIGTERM, or the signal).
+fn revocation(task_id: String, terminate: i64, at: chrono::DateTime<chrono::Utc>) -> Revocation {
+    Revocation {
+        task_id,
+        terminate: terminate != 0,
+        signal: match terminate {
+            0 | 1 => Signal::TERM,
+            n => Signal(i32::try_from(n).unwrap_or(15)),
+        },
+        at,
+    }
+}
+
 #[async_trait]
 impl Revocations for SqliteStore {
-    async fn revoke(&self, task_ids: &[String], terminate: bool) -> Result<(), BrokerError> {
+    async fn revoke(
+        &self,
+        task_ids: &[String],
+        terminate: Option<Signal>,
+    ) -> Result<(), BrokerError> {
         let ids = task_ids.to_vec();
+        let terminate = terminate.map_or(0, |s| i64::from(s.0));
         let now = now_ms();
         let prune = SqliteStore::due(&self.inner.revoked_pruned_at, now, 3600 * 1000);
         self.db()
             .write(Wake::Nothing, move |c| {
                 let mut stmt = c.prepare_cached(sql::REVOKE)?;
                 for id in &ids {
-                    stmt.execute(params![id, i64::from(terminate), now])?;
+                    stmt.execute(params![id, terminate, now])?;
                 }
                 if prune {
                     c.prepare_cached(sql::PRUNE_REVOKED)?
@@ -747,11 +765,7 @@ impl Revocations for SqliteStore {
                 let rows = stmt.query_map(params![from], |r| {
                     Ok((
                         r.get::<_, i64>(0)?,
-                        Revocation {
-                            task_id: r.get(1)?,
-                            terminate: r.get::<_, i64>(2)? != 0,
-                            at: from_millis(r.get(3)?),
-                        },
+                        revocation(r.get(1)?, r.get(2)?, from_millis(r.get(3)?)),
                     ))
                 })?;
                 let mut out = Vec::new();

@@ -314,10 +314,13 @@ pub const DEAD_QUEUES: &str = "INSERT OR IGNORE INTO queues (name, created_at)
 // Revocations
 // ----------------------------------------------------------------------------------------
 
-/// Records a revoke of task ?1 at ?3 (ms). A repeated revoke gets a new `seq` (so cursors
-/// see it again) and keeps `terminate` if either revoke asked for it (?2 = 0/1).
+/// Records a revoke of task ?1 at ?3 (ms). `terminate` ?2 is 0 (do not stop it), or the
+/// signal number a terminate sends (1, written by earlier versions, means SIGTERM). A
+/// repeated revoke gets a new `seq` (so cursors see it again) and keeps a terminate asked
+/// for before, the latest signal winning.
 pub const REVOKE: &str = "INSERT OR REPLACE INTO revoked (task_id, terminate, at)
-    VALUES (?1, max(?2, coalesce((SELECT terminate FROM revoked WHERE task_id = ?1), 0)), ?3)";
+    VALUES (?1, CASE WHEN ?2 != 0 THEN ?2
+        ELSE coalesce((SELECT terminate FROM revoked WHERE task_id = ?1), 0) END, ?3)";
 
 /// 1 when task ?1 is revoked.
 pub const IS_REVOKED: &str = "SELECT 1 FROM revoked WHERE task_id = ?1";

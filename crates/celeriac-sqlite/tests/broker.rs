@@ -5,7 +5,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use celeriac_core::broker::{Broker, Publish, QueueLength};
+use celeriac_core::broker::{Broker, Publish, QueueLength, Signal};
 use celeriac_core::error::ErrorKind;
 use celeriac_sqlite::SqliteStore;
 use common::*;
@@ -471,7 +471,7 @@ async fn queue_lengths_lists_declared_queues() {
 async fn revocations_are_durable() {
     let db = db();
     let r = db.store.revocations().unwrap();
-    r.revoke(&["t1".into(), "t2".into()], false).await.unwrap();
+    r.revoke(&["t1".into(), "t2".into()], None).await.unwrap();
     assert!(r.is_revoked("t1").await.unwrap());
     assert!(!r.is_revoked("t3").await.unwrap());
     let (all, cursor) = r.revocations_since(0).await.unwrap();
@@ -482,7 +482,7 @@ async fn revocations_are_durable() {
     let (none, same) = r.revocations_since(cursor).await.unwrap();
     assert!(none.is_empty());
     assert_eq!(same, cursor);
-    r.revoke(&["t1".into()], true).await.unwrap();
+    r.revoke(&["t1".into()], Some(Signal::TERM)).await.unwrap();
 
     let path = db.path();
     drop(db.store);
@@ -494,7 +494,7 @@ async fn revocations_are_durable() {
     assert_eq!(new[0].task_id, "t1");
     assert!(new[0].terminate);
     assert!(next > cursor);
-    r.revoke(&["t1".into()], false).await.unwrap();
+    r.revoke(&["t1".into()], None).await.unwrap();
     let (again, _) = r.revocations_since(next).await.unwrap();
     assert!(
         again[0].terminate,

@@ -15,7 +15,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use celeriac_core::broker::{Broker, Consumer, ConsumerSpec, Delivery, Publish, RawMessage};
+use celeriac_core::broker::{
+    Broker, Consumer, ConsumerSpec, Delivery, Publish, RawMessage, Signal,
+};
 use celeriac_core::error::ErrorKind;
 use chrono::{TimeDelta, Utc};
 use serde_json::{json, Map, Value};
@@ -1053,7 +1055,7 @@ async fn revocations_durable(f: &dyn BrokerFactory) -> CaseResult {
     };
     let (t1, t2, t3) = (unique("t1"), unique("t2"), unique("t3"));
     let before = Utc::now() - TimeDelta::seconds(60);
-    r.revoke(&[t1.clone(), t2.clone()], false)
+    r.revoke(&[t1.clone(), t2.clone()], None)
         .await
         .expect("revoke");
     assert!(r.is_revoked(&t1).await.expect("is_revoked"));
@@ -1087,7 +1089,7 @@ async fn revocations_durable(f: &dyn BrokerFactory) -> CaseResult {
         r2.is_revoked(&t1).await.expect("is_revoked"),
         "durable and shared"
     );
-    r2.revoke(std::slice::from_ref(&t3), true)
+    r2.revoke(std::slice::from_ref(&t3), Some(Signal::KILL))
         .await
         .expect("revoke");
     assert!(r.is_revoked(&t3).await.expect("is_revoked"));
@@ -1098,6 +1100,7 @@ async fn revocations_durable(f: &dyn BrokerFactory) -> CaseResult {
         "only what was recorded after the cursor"
     );
     assert!(new[0].terminate, "terminate is kept");
+    assert_eq!(new[0].signal, Signal::KILL, "and the signal it sends");
     assert!(next > cursor, "the cursor moves past new revocations");
     let (none, _) = r.revocations_since(next).await.expect("since next");
     assert!(none.is_empty(), "{none:?}");

@@ -33,7 +33,7 @@ impl Shared {
                 }
                 set.cursor = next.max(set.cursor);
                 for r in items {
-                    if r.terminate && self.pool.terminate(&r.task_id, libc::SIGTERM) {
+                    if r.terminate && self.pool.terminate(&r.task_id, r.signal.0) {
                         info!(task_id = %r.task_id, "terminating revoked task");
                     }
                     set.ids.insert(r.task_id);

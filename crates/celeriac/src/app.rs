@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use celeriac_core::broker::Signal;
 use celeriac_core::state::{ExceptionInfo, TaskMeta, TaskState};
 use celeriac_core::task::{Task, TaskOptions};
 use celeriac_core::{Broker, ResultBackend};
@@ -278,8 +279,20 @@ impl App {
     }
 
     /// Revokes tasks durably: they never run, on any worker, even after restarts. With
-    /// `terminate`, a running one is stopped.
+    /// `terminate`, a running one is stopped (SIGTERM to a process-pool child).
     pub async fn revoke(&self, task_ids: &[String], terminate: bool) -> Result<(), Error> {
+        self.revoke_with(task_ids, terminate.then_some(Signal::TERM))
+            .await
+    }
+
+    /// [`App::revoke`] with `terminate=True, signal=...` as Celery's: a process-pool child
+    /// running the task gets `signal` (`Signal::KILL` cannot be caught); the other pools
+    /// cancel it at its next await whatever the signal.
+    pub async fn revoke_with(
+        &self,
+        task_ids: &[String],
+        terminate: Option<Signal>,
+    ) -> Result<(), Error> {
         let broker = self.broker().await?;
         let revocations = broker.revocations().ok_or_else(|| {
             Error::Config(format!(
@@ -294,7 +307,7 @@ impl App {
         let backend = self.backend().await?;
         // Where results go to the sender only (rpc://) or nowhere, the worker that skips the
         // task reports REVOKED itself.
-        if terminate || !backend.keeps_results() {
+        if terminate.is_some() || !backend.keeps_results() {
             return Ok(());
         }
         for id in task_ids {

@@ -46,6 +46,7 @@ pub use error::{Error, RemoteError, ResultError};
 pub use result::AsyncResult;
 
 pub use celeriac_core as core;
+pub use celeriac_core::broker::Signal;
 pub use celeriac_core::state::{TaskMeta, TaskState};
 pub use celeriac_core::task::{Task, TaskContext, TaskError, TaskOptions, VarArgs, VarKwargs};
 pub use celeriac_macros::task;

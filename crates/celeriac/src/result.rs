@@ -92,6 +92,14 @@ impl<T: DeserializeOwned> AsyncResult<T> {
             .revoke(std::slice::from_ref(&self.id), terminate)
             .await
     }
+
+    /// Revokes the task and stops it if running with `signal` (Celery's
+    /// `revoke(terminate=True, signal=...)`).
+    pub async fn terminate(&self, signal: celeriac_core::broker::Signal) -> Result<(), Error> {
+        self.app
+            .revoke_with(std::slice::from_ref(&self.id), Some(signal))
+            .await
+    }
 }
 
 fn decode_ready<T: DeserializeOwned>(id: &str, meta: TaskMeta) -> Result<T, ResultError> {

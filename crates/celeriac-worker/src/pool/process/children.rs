@@ -194,7 +194,10 @@ impl Inner {
 fn lost(running: InFlight, how: &str, pid: u32) {
     let ending = match running.kill {
         Some(KillReason::HardLimit(limit)) => Ending::HardTimeLimit(limit),
-        Some(KillReason::Stop(reason)) => Ending::Stopped(reason),
+        Some(KillReason::Stop(reason)) => {
+            info!("pool child (pid {pid}) stopped by the worker: {how}");
+            Ending::Stopped(reason)
+        }
         None => {
             error!("pool child (pid {pid}) died while running a task: {how}");
             Ending::Lost(format!(
