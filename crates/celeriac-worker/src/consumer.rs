@@ -5,7 +5,8 @@
 //! The window is pool size × `prefetch_multiplier` places (× 1 with `--disable-prefetch`)
 //! and follows the pool when autoscale resizes it. A place is held until the message is
 //! acknowledged, as AMQP's prefetch count does: at start with early ack (so the window
-//! counts reserved messages, as Celery's), after the result is stored with late ack. A
+//! counts reserved messages, as Celery's), after the result is stored with late ack or
+//! `--disable-prefetch` (so a message is fetched only for a free slot). A
 //! second, wider bound ([`IN_FLIGHT_PER_PLACE`]) caps the deliveries in hand, results being
 //! stored included, so a slow backend cannot make the worker take messages without limit.
 

@@ -205,7 +205,11 @@ impl Shared {
         let acks_late = options.acks_late || self.config.task_acks_late;
         if !acks_late {
             self.settle(&req.delivery.tag, Settle::Ack).await;
-            req.release_window_place();
+            // With --disable-prefetch the place stays taken while the task runs: a message
+            // is fetched only when a slot is free for it.
+            if !self.config.disable_prefetch {
+                req.release_window_place();
+            }
         }
         if options.track_started && self.keeps_result(req) {
             self.store(req.msg, &req.builder.started()).await;

@@ -182,6 +182,65 @@ async fn solo_pool_runs_one_task_at_a_time() {
     w.stop().await;
 }
 
+/// How many messages of the default queue wait ready (not fetched by any worker).
+async fn ready(app: &App) -> u64 {
+    let broker = app.broker().await.unwrap();
+    let lengths = broker
+        .queue_stats()
+        .unwrap()
+        .queue_lengths(&["celery".to_string()])
+        .await
+        .unwrap();
+    lengths.iter().map(|l| l.ready).sum()
+}
+
+/// With `-c 1`, while one task runs, whether the next message still waits in the queue:
+/// the default prefetch reserves it, `--disable-prefetch` leaves it there.
+async fn next_waits_in_the_queue(disable_prefetch: bool) -> bool {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app_at(&dir, |b| b);
+    let config = WorkerConfig {
+        concurrency: 1,
+        disable_prefetch,
+        ..app.worker_config()
+    };
+    let w = start(&app, config).await;
+    let label = format!("prefetch-{disable_prefetch}");
+    let busy = runaway::delay(&app, label.clone(), 1.0).await.unwrap();
+    wait_until("the first task to start", || {
+        stamped(&format!("{label}:started")).is_some()
+    })
+    .await;
+    let next = nap::delay(&app, 0.0).await.unwrap();
+    // Given time to be fetched (if it is to be) while the first task still runs.
+    let deadline = Instant::now() + Duration::from_millis(600);
+    let mut waits = ready(&app).await > 0;
+    while waits && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        waits = ready(&app).await > 0;
+    }
+    assert!(
+        stamped(&format!("{label}:returned")).is_none(),
+        "measured while busy"
+    );
+    busy.get(WAIT).await.unwrap();
+    next.get(WAIT).await.unwrap();
+    w.stop().await;
+    waits
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disable_prefetch_fetches_only_for_a_free_slot() {
+    assert!(
+        !next_waits_in_the_queue(false).await,
+        "prefetch reserves the next message"
+    );
+    assert!(
+        next_waits_in_the_queue(true).await,
+        "--disable-prefetch leaves it queued"
+    );
+}
+
 /// Hook calls, in order, as `hook:task-name`.
 static HOOKS: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
