@@ -9,6 +9,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use celeriac::core::control::{ControlRequest, ReplyAddress};
 use celeriac::serde_json::{json, Value};
 use celeriac_demo::sleep;
 use common::*;
@@ -135,4 +136,105 @@ async fn eta_beyond_the_visibility_timeout_runs_once_on_time() {
     std::thread::sleep(Duration::from_secs(2));
     let logs = [a.stop(), b.stop()].concat();
     assert_eq!(count(&logs, &id, "succeeded"), 1, "{logs:#?}");
+}
+
+/// Python Celery's `app.control.inspect()` and `broadcast()` against a celeriac worker:
+/// ping, registered (plain and with attributes), stats, clock, revoked, and Celery's error
+/// reply for an unknown command. Redis database 1 is shared with prefix-isolated tests, so
+/// this one is isolated by its node name instead of a flush.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_inspects_a_celeriac_worker() {
+    let test = "python_inspects_a_celeriac_worker";
+    let Ok(base) = std::env::var("CELERIAC_TEST_REDIS_URL") else {
+        eprintln!("skipped {test}: CELERIAC_TEST_REDIS_URL not set");
+        return;
+    };
+    require_python(test);
+    let (scheme, rest) = base.split_once("://").expect("a URL");
+    let authority = rest.split('/').next().unwrap_or(rest);
+    let url = format!("{scheme}://{authority}/1");
+    let e = Env {
+        broker: url.clone(),
+        backend: url,
+    };
+    let node = format!("inspect-{}@interop", std::process::id());
+    let queue = format!("inspect-{}", std::process::id());
+    let mut cmd = std::process::Command::new(DEMO);
+    cmd.args(["worker", "-l", "info", "-c", "2", "-n", &node, "-Q", &queue])
+        .env("CELERIAC_BROKER_URL", &e.broker)
+        .env("CELERIAC_RESULT_BACKEND", &e.backend)
+        .env("NO_COLOR", "1");
+    let worker = Proc::spawn(cmd, "remote control: listening");
+    let out = std::process::Command::new(python())
+        .args(["control.py", &node, "5"])
+        .current_dir(interop_dir())
+        .env("CELERIAC_INTEROP_BROKER", &e.broker)
+        .env("CELERIAC_INTEROP_BACKEND", &e.backend)
+        .output()
+        .expect("control.py runs");
+    assert!(
+        out.status.success(),
+        "control.py failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let r: Value = celeriac::serde_json::from_str(text.lines().last().unwrap_or(""))
+        .unwrap_or_else(|err| panic!("control.py printed {text:?}: {err}"));
+    assert_eq!(r["ping"], json!({ node.as_str(): {"ok": "pong"} }), "{r}");
+    let registered = r["registered"][node.as_str()]
+        .as_array()
+        .expect("registered");
+    assert!(registered.contains(&json!("tasks.add")), "{r}");
+    assert!(
+        r["registered_items"][node.as_str()]
+            .as_array()
+            .unwrap()
+            .contains(&json!("tasks.sleep [acks_late=True max_retries=3]")),
+        "{r}"
+    );
+    let stats = &r["stats"][node.as_str()];
+    assert_eq!(stats["pool"]["max-concurrency"], json!(2), "{r}");
+    assert!(
+        stats["pid"].as_u64().is_some() && stats["clock"].is_string(),
+        "{r}"
+    );
+    assert!(r["clock"][node.as_str()]["clock"].as_u64().is_some(), "{r}");
+    assert!(r["revoked"][node.as_str()].is_array(), "{r}");
+    assert_eq!(
+        r["unknown"],
+        json!([{ node.as_str(): {"error": "KeyError('no_such_command')"} }]),
+        "{r}"
+    );
+    assert!(
+        r["everyone"]
+            .as_array()
+            .unwrap()
+            .contains(&json!({ node.as_str(): {"ok": "pong"} })),
+        "{r}"
+    );
+
+    // celeriac's own caller, through the broker's mailbox, gets the same reply.
+    let app = celeriac_demo::app().reconfigured(|c| c.broker_url = Some(e.broker.clone()));
+    let broker = app.broker().await.unwrap();
+    let oid = celeriac::core::message::new_id();
+    let request = ControlRequest {
+        method: "ping".into(),
+        arguments: Default::default(),
+        destination: Some(vec![node.clone()]),
+        pattern: None,
+        matcher: None,
+        ticket: Some(celeriac::core::message::new_id()),
+        reply_to: Some(ReplyAddress {
+            exchange: "reply.celery.pidbox".into(),
+            routing_key: oid,
+        }),
+        clock: 0,
+    };
+    let mailbox = broker.mailbox().expect("Redis has remote control");
+    let replies = mailbox
+        .broadcast(&request, Duration::from_secs(5), Some(1))
+        .await
+        .unwrap();
+    assert_eq!(replies, vec![json!({ node.as_str(): {"ok": "pong"} })]);
+    drop(worker.stop());
 }

@@ -125,6 +125,10 @@ pub trait Broker: Send + Sync + 'static {
     fn revocations(&self) -> Option<&dyn Revocations> {
         None
     }
+    /// Celery's remote control and inspection (`celery inspect`, `control`, Flower).
+    fn mailbox(&self) -> Option<&dyn crate::control::Mailbox> {
+        None
+    }
 
     /// Finishes pending publishes and closes the connections this handle opened for
     /// publishing; later publishes fail with [`ErrorKind::Closed`](crate::ErrorKind).

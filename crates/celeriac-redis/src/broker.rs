@@ -36,6 +36,9 @@ use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
 use crate::keys::{self, Keys};
+
+#[path = "mailbox.rs"]
+mod mailbox;
 use crate::url::RedisUrl;
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
@@ -837,6 +840,9 @@ impl Broker for RedisBroker {
     fn revocations(&self) -> Option<&dyn Revocations> {
         Some(self)
     }
+    fn mailbox(&self) -> Option<&dyn celeriac_core::control::Mailbox> {
+        Some(self)
+    }
 }
 
 // ----------------------------------------------------------------------------------------
@@ -1544,32 +1550,13 @@ impl RedisBroker {
     /// Celery's `revoke` broadcast as kombu PUBLISHes it on the pidbox fanout channel
     /// (vectors 17 and 22: a cast, so no `ticket` / `reply_to`).
     fn pidbox_revoke(&self, task_ids: &[String], terminate: Option<Signal>) -> String {
-        let body = revoke_broadcast(task_ids, terminate);
-        let body = to_python_json(&Value::Object(body));
-        let clock = self.inner.clock.fetch_add(1, Ordering::Relaxed) + 1;
-        let expires = Utc::now().timestamp_micros() as f64 / 1e6 + BROADCAST_TTL_SECONDS;
-        let mut props = Map::new();
-        props.insert("delivery_mode".into(), json!(2));
-        props.insert(
-            "delivery_info".into(),
-            json!({"exchange": "celery.pidbox", "routing_key": ""}),
-        );
-        props.insert("priority".into(), json!(0));
-        props.insert("body_encoding".into(), json!("base64"));
-        props.insert(
-            "delivery_tag".into(),
-            json!(uuid::Uuid::new_v4().to_string()),
-        );
-        let mut env = Map::new();
-        env.insert("body".into(), json!(B64.encode(body)));
-        env.insert("content-encoding".into(), json!("utf-8"));
-        env.insert("content-type".into(), json!("application/json"));
-        env.insert(
-            "headers".into(),
-            json!({"clock": clock, "expires": expires}),
-        );
-        env.insert("properties".into(), Value::Object(props));
-        to_python_json(&Value::Object(env))
+        let body = Value::Object(revoke_broadcast(task_ids, terminate));
+        mailbox::request_envelope(&body, self.tick(), BROADCAST_TTL_SECONDS)
+    }
+
+    /// Advances this process's Lamport clock (the `clock` header of control messages).
+    fn tick(&self) -> u64 {
+        self.inner.clock.fetch_add(1, Ordering::Relaxed) + 1
     }
 }
 

@@ -10,7 +10,8 @@
 //! | `unacked` | hash | delivery_tag → JSON `[envelope, exchange, routing_key]` |
 //! | `unacked_index` | zset | delivery_tag scored by delivery time (unix seconds, float) |
 //! | `unacked_mutex` | string | restore-sweep lock token (`SET NX PX 300000`) |
-//! | channel `/<db>.celery.pidbox` | pub/sub | remote-control broadcasts (revoke) |
+//! | channel `/<db>.celery.pidbox` | pub/sub | remote-control requests (revoke, inspect, control) |
+//! | `<oid>.reply.celery.pidbox` | list | remote-control replies to the caller `oid` |
 //!
 //! celeriac's own keys (Python ignores them):
 //!
@@ -167,6 +168,23 @@ impl Keys {
     pub fn pidbox_channel(&self) -> String {
         self.p(&format!("/{}.celery.pidbox", self.db))
     }
+
+    /// The list a remote-control caller with routing key `oid` reads its replies from
+    /// (BRPOP): `<prefix><oid>.reply.celery.pidbox`. Workers LPUSH replies to it.
+    pub fn reply_list(&self, oid: &str) -> String {
+        self.p(&reply_queue(oid))
+    }
+
+    /// The member a caller adds to `binding("reply.celery.pidbox")` so that Python workers
+    /// (kombu's direct-exchange lookup) find its reply list: `<oid>\x06\x16\x06\x16<queue>`.
+    pub fn reply_binding_member(oid: &str) -> String {
+        format!("{oid}{SEP}{SEP}{}", reply_queue(oid))
+    }
+}
+
+/// The reply queue of caller `oid`, unprefixed (as binding members name queues).
+fn reply_queue(oid: &str) -> String {
+    format!("{oid}.reply.celery.pidbox")
 }
 
 /// Shared Lua helpers (prepended to scripts that need them).

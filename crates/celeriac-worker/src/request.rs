@@ -215,6 +215,7 @@ impl Shared {
             self.store(req.msg, &req.builder.started()).await;
         }
         let job = self.job(req);
+        self.accept(&h.task);
         self.hooks.emit_task_prerun(&req.info());
         debug!(task_id = %h.id, "Task {}[{}] starting on the {} pool", h.task, h.id, self.config.pool.name());
         let started = Instant::now();

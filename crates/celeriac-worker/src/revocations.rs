@@ -51,6 +51,13 @@ impl Shared {
         }
     }
 
+    /// Every id revoked as far as this worker knows (`inspect revoked`).
+    pub(crate) fn revoked_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = lock(&self.revoked).ids.iter().cloned().collect();
+        ids.sort_unstable();
+        ids
+    }
+
     pub(crate) fn is_revoked(&self, id: &str) -> bool {
         lock(&self.revoked).ids.contains(id)
     }

@@ -80,7 +80,13 @@ pub(crate) struct Shared {
     pub in_hand: InHandIds,
     pub acks: mpsc::UnboundedSender<DeliveryTag>,
     pub phase: watch::Receiver<Phase>,
+    pub shutdown: ShutdownHandle,
     pub counters: Arc<Counters>,
+    /// The Lamport clock of remote-control messages.
+    pub clock: AtomicU64,
+    pub started: std::time::Instant,
+    /// Tasks started here, by name (`stats`' `total`).
+    pub accepted: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
 }
 
 impl Worker {
@@ -220,7 +226,11 @@ impl Worker {
             in_hand: InHandIds::default(),
             acks: ack_tx,
             phase: self.phase.subscribe(),
+            shutdown: self.shutdown_handle(),
             counters: self.counters.clone(),
+            clock: AtomicU64::new(0),
+            started: std::time::Instant::now(),
+            accepted: Default::default(),
             config,
         });
         Ok((shared, ack_rx))
@@ -234,6 +244,7 @@ impl Worker {
         let acker = tokio::spawn(ack_loop(shared.consumer.clone(), ack_rx));
         let mut background = JoinSet::new();
         background.spawn(crate::keepalive::run(shared.clone()));
+        background.spawn(crate::mailbox::run(shared.clone()));
         if let Some(autoscale) = shared.config.autoscale.clone() {
             background.spawn(crate::autoscale::follow(
                 shared.clone(),
@@ -310,6 +321,24 @@ impl Shared {
             }
         }
         demand
+    }
+
+    /// Counts a task started here under its name.
+    pub(crate) fn accept(&self, name: &str) {
+        let mut accepted = self.accepted.lock().unwrap_or_else(|p| p.into_inner());
+        *accepted.entry(name.to_string()).or_default() += 1;
+    }
+
+    pub(crate) fn accepted_by_name(&self) -> std::collections::BTreeMap<String, u64> {
+        self.accepted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// A warm shutdown, as a signal asks for.
+    pub(crate) fn request_shutdown(&self) {
+        self.shutdown.graceful();
     }
 
     /// Resizes the pool and the prefetch window with it.

@@ -1,0 +1,137 @@
+//! The remote-control commands a worker answers, with Celery 5.7's reply shapes (protocol
+//! §8.4, vector 22). `None`: no reply at all (as Celery's `shutdown`).
+
+use std::sync::atomic::Ordering;
+
+use celeriac_core::control::ControlRequest;
+use serde_json::{json, Value};
+use tracing::warn;
+
+use crate::mailbox::{error, ok};
+use crate::worker::Shared;
+
+impl Shared {
+    pub(crate) async fn control(&self, request: &ControlRequest) -> Option<Value> {
+        let payload = match request.method.as_str() {
+            "ping" => ok("pong"),
+            "clock" => json!({ "clock": self.clock.load(Ordering::Relaxed) }),
+            "registered" => self.registered(request),
+            "revoked" => json!(self.revoked_ids()),
+            "stats" => self.stats_reply(),
+            "hello" => self.hello(request)?,
+            "heartbeat" => Value::Null,
+            "shutdown" => {
+                warn!("remote control: shutdown requested");
+                self.request_shutdown();
+                return None;
+            }
+            other => error(format!("KeyError('{other}')")),
+        };
+        Some(payload)
+    }
+
+    /// Task names, sorted; with `taskinfoitems`, Celery's `name [attr=value ...]` strings.
+    fn registered(&self, request: &ControlRequest) -> Value {
+        let items: Vec<String> = match request.arguments.get("taskinfoitems") {
+            Some(Value::Array(items)) => items
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect(),
+            _ => Vec::new(),
+        };
+        let names = self.registry.names();
+        let described = names.iter().map(|name| {
+            let attributes: Vec<String> = items
+                .iter()
+                .filter_map(|item| {
+                    self.task_attribute(name, item)
+                        .map(|v| format!("{item}={v}"))
+                })
+                .collect();
+            if attributes.is_empty() {
+                name.to_string()
+            } else {
+                format!("{name} [{}]", attributes.join(" "))
+            }
+        });
+        json!(described.collect::<Vec<_>>())
+    }
+
+    /// A task attribute as Python prints it, for the attributes Celery's `registered` knows.
+    fn task_attribute(&self, name: &str, item: &str) -> Option<String> {
+        let options = self.registry.get(name)?.options();
+        let python_bool = |b: bool| if b { "True" } else { "False" }.to_string();
+        match item {
+            "acks_late" => Some(python_bool(options.acks_late)),
+            "ignore_result" => Some(python_bool(options.ignore_result)),
+            "max_retries" => options.max_retries.map(|n| n.to_string()),
+            "rate_limit" => options.rate_limit.map(|r| {
+                let unit = match r.per.as_secs() {
+                    60 => "m",
+                    3600 => "h",
+                    _ => "s",
+                };
+                format!("{}/{unit}", r.count)
+            }),
+            "time_limit" => options.time_limit.map(|d| d.as_secs_f64().to_string()),
+            "soft_time_limit" => options.soft_time_limit.map(|d| d.as_secs_f64().to_string()),
+            _ => None,
+        }
+    }
+
+    /// Celery's `stats`: the fields Flower reads (`total`, `pid`, `clock` as a string,
+    /// `uptime`, `pool`, `broker`, `prefetch_count`, `rusage`).
+    fn stats_reply(&self) -> Value {
+        let pool = self.pool.stats();
+        let timeouts = [self.config.soft_time_limit, self.config.time_limit]
+            .map(|d| d.map_or(0.0, |d| d.as_secs_f64()));
+        json!({
+            "total": self.accepted_by_name(),
+            "pid": std::process::id(),
+            "clock": self.clock.load(Ordering::Relaxed).to_string(),
+            "uptime": self.started.elapsed().as_secs(),
+            "pool": {
+                "implementation": format!("celeriac:{}", pool.kind),
+                "max-concurrency": pool.size,
+                "processes": pool.pids,
+                "max-tasks-per-child": self.config.max_tasks_per_child.map_or(json!("N/A"), |n| json!(n)),
+                "put-guarded-by-semaphore": false,
+                "timeouts": timeouts,
+            },
+            "broker": self.broker_stats(),
+            "prefetch_count": pool.size * self.config.reserved_per_slot(),
+            "rusage": {},
+        })
+    }
+
+    fn broker_stats(&self) -> Value {
+        let url = self.broker.display_url();
+        let transport = url.split("://").next().unwrap_or("").to_string();
+        json!({
+            "transport": transport,
+            "hostname": url,
+            "virtual_host": "/",
+            "insist": false,
+            "ssl": url.starts_with("rediss") || url.starts_with("amqps"),
+            "transport_options": {},
+            "login_method": null,
+            "uri_prefix": null,
+            "heartbeat": null,
+            "failover_strategy": "round-robin",
+            "alternates": [],
+        })
+    }
+
+    /// Mingle (protocol §8.5): another node's hello gets this worker's revoked ids and clock;
+    /// its own gets no reply.
+    fn hello(&self, request: &ControlRequest) -> Option<Value> {
+        let from = request.arguments.get("from_node").and_then(Value::as_str);
+        if from == Some(self.config.hostname.as_str()) {
+            return None;
+        }
+        Some(json!({
+            "revoked": self.revoked_ids(),
+            "clock": self.clock.load(Ordering::Relaxed),
+        }))
+    }
+}
