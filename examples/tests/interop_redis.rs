@@ -236,5 +236,85 @@ async fn python_inspects_a_celeriac_worker() {
         .await
         .unwrap();
     assert_eq!(replies, vec![json!({ node.as_str(): {"ok": "pong"} })]);
+
+    let r = control_py(&e, &["busy", &node, &queue]);
+    python_inspects_a_busy_celeriac_worker(&r, &node, &queue);
     drop(worker.stop());
+}
+
+/// Runs `tests/interop/control.py` and parses its JSON line.
+fn control_py(e: &Env, args: &[&str]) -> Value {
+    let out = std::process::Command::new(python())
+        .arg("control.py")
+        .args(args)
+        .current_dir(interop_dir())
+        .env("CELERIAC_INTEROP_BROKER", &e.broker)
+        .env("CELERIAC_INTEROP_BACKEND", &e.backend)
+        .output()
+        .expect("control.py runs");
+    assert!(
+        out.status.success(),
+        "control.py {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    celeriac::serde_json::from_str(text.lines().last().unwrap_or(""))
+        .unwrap_or_else(|err| panic!("control.py printed {text:?}: {err}"))
+}
+
+/// With -c 2 and two 2 s tasks, both run (or one runs, one waits): `active` lists them in
+/// Celery's request-info shape, `query_task` finds them, control commands answer as Celery.
+fn python_inspects_a_busy_celeriac_worker(r: &Value, node: &str, queue: &str) {
+    let active = r["active"][node].as_array().expect("active");
+    assert!(!active.is_empty(), "{r}");
+    let one = &active[0];
+    assert_eq!(one["name"], json!("tasks.sleep"), "{r}");
+    assert_eq!(one["args"], json!([2]), "{r}");
+    assert_eq!(one["hostname"], json!(node), "{r}");
+    assert_eq!(one["delivery_info"]["routing_key"], json!(queue), "{r}");
+    assert!(
+        one["time_start"].as_f64().is_some() && one["worker_pid"].as_u64().is_some(),
+        "{r}"
+    );
+    assert_eq!(r["active_safe"][node][0]["args"], json!("[2]"), "{r}");
+    let ids = r["ids"].as_array().unwrap();
+    let found = r["query_task"][node].as_object().expect("query_task");
+    assert!(
+        !found.is_empty() && found.keys().all(|k| ids.contains(&json!(k))),
+        "{r}"
+    );
+    assert!(r["reserved"][node].is_array(), "{r}");
+    let reply = |key: &str| r[key][0][node].clone();
+    assert_eq!(
+        reply("rate_limit"),
+        json!({"ok": "new rate limit set successfully"}),
+        "{r}"
+    );
+    assert_eq!(
+        reply("rate_limit_off"),
+        json!({"ok": "rate limit disabled successfully"}),
+        "{r}"
+    );
+    assert_eq!(
+        reply("rate_limit_unknown"),
+        json!({"error": "unknown task"}),
+        "{r}"
+    );
+    assert_eq!(
+        reply("time_limit"),
+        json!({"ok": "time limits set successfully"}),
+        "{r}"
+    );
+    assert_eq!(reply("pool_grow"), json!({"ok": "pool will grow"}), "{r}");
+    assert_eq!(
+        reply("pool_shrink"),
+        json!({"ok": "pool will shrink"}),
+        "{r}"
+    );
+    assert_eq!(
+        reply("autoscale"),
+        json!({"error": "ValueError('Autoscale not enabled')"}),
+        "{r}"
+    );
+    assert_eq!(r["results"], json!([2.0, 2.0]), "{r}");
 }

@@ -136,6 +136,12 @@ impl Autoscaler {
         &self.config
     }
 
+    /// New MAX and MIN (remote control's `autoscale`).
+    pub fn set_bounds(&mut self, max: usize, min: usize) {
+        self.config.max = max.max(1);
+        self.config.min = min.min(max).max(1);
+    }
+
     /// The decision for these readings at time `now`.
     pub fn decide(&mut self, r: Readings, now: Instant) -> Decision {
         let c = &self.config;
@@ -203,6 +209,13 @@ pub(crate) async fn follow(shared: Arc<crate::worker::Shared>, mut scaler: Autos
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
+        let bounds = *shared
+            .autoscale_bounds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some((max, min)) = bounds {
+            scaler.set_bounds(max, min);
+        }
         let sensors = scaler.config().sensors.clone();
         let readings = Readings {
             size: shared.pool.size(),

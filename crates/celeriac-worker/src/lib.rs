@@ -11,6 +11,7 @@ mod capacity;
 mod completer;
 mod config;
 mod consumer;
+mod control_commands;
 mod hooks;
 mod keepalive;
 mod limiter;
@@ -23,6 +24,7 @@ mod request;
 mod results;
 mod revocations;
 mod shutdown;
+mod tracking;
 mod worker;
 
 pub use autoscale::{AutoscaleConfig, Autoscaler, Decision, LoadSensors, Readings, SystemSensors};

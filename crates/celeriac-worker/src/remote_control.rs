@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 use tracing::warn;
 
 use crate::mailbox::{error, ok};
+use crate::tracking::{scheduled_entry, Stage};
 use crate::worker::Shared;
 
 impl Shared {
@@ -16,6 +17,15 @@ impl Shared {
             "ping" => ok("pong"),
             "clock" => json!({ "clock": self.clock.load(Ordering::Relaxed) }),
             "registered" => self.registered(request),
+            "active" => self.requests_in(request, |s| matches!(s, Stage::Active { .. })),
+            "reserved" => self.requests_in(request, |s| matches!(s, Stage::Reserved)),
+            "scheduled" => self.scheduled(),
+            "query_task" => self.query_task(request),
+            "rate_limit" => self.rate_limit(request),
+            "time_limit" => self.time_limit(request),
+            "pool_grow" => self.pool_grow(request, true),
+            "pool_shrink" => self.pool_grow(request, false),
+            "autoscale" => self.autoscale(request),
             "revoked" => json!(self.revoked_ids()),
             "stats" => self.stats_reply(),
             "hello" => self.hello(request)?,
@@ -28,6 +38,38 @@ impl Shared {
             other => error(format!("KeyError('{other}')")),
         };
         Some(payload)
+    }
+
+    /// Request infos of the requests in a stage (`safe`: args and kwargs as repr strings).
+    fn requests_in(&self, request: &ControlRequest, keep: impl Fn(&Stage) -> bool) -> Value {
+        let safe = request.arguments.get("safe").and_then(Value::as_bool) == Some(true);
+        let infos = self.tracked.infos(keep, &self.config.hostname, safe);
+        json!(infos.into_iter().map(|(_, info)| info).collect::<Vec<_>>())
+    }
+
+    fn scheduled(&self) -> Value {
+        let infos = self.tracked.infos(
+            |s| matches!(s, Stage::Scheduled(_)),
+            &self.config.hostname,
+            false,
+        );
+        json!(infos
+            .into_iter()
+            .map(|(stage, info)| scheduled_entry(stage, info))
+            .collect::<Vec<_>>())
+    }
+
+    /// `query_task`: `ids` is a list (or one id).
+    fn query_task(&self, request: &ControlRequest) -> Value {
+        let ids: Vec<String> = match request.arguments.get("ids") {
+            Some(Value::Array(ids)) => ids
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect(),
+            Some(Value::String(id)) => vec![id.clone()],
+            _ => Vec::new(),
+        };
+        Value::Object(self.tracked.query(&ids, &self.config.hostname))
     }
 
     /// Task names, sorted; with `taskinfoitems`, Celery's `name [attr=value ...]` strings.

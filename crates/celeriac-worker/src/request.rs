@@ -22,6 +22,7 @@ use crate::pool::{Job, Slot};
 use crate::registry::ErasedTask;
 use crate::results::MetaBuilder;
 use crate::shutdown::Phase;
+use crate::tracking::{Stage, TrackGuard};
 use crate::worker::Shared;
 
 /// One decoded delivery of a registered task.
@@ -32,6 +33,8 @@ pub(crate) struct Request<'a> {
     pub task: Arc<dyn ErasedTask>,
     /// The delivery's prefetch-window place, given back when the message is acked.
     window: Mutex<Option<OwnedSemaphorePermit>>,
+    /// Where `inspect active|reserved|scheduled` see it.
+    track: TrackGuard<'a>,
 }
 
 impl Request<'_> {
@@ -77,7 +80,7 @@ impl InHandIds {
 impl Shared {
     pub(crate) async fn handle(self: &Arc<Self>, delivery: Delivery, window: OwnedSemaphorePermit) {
         let msg = match TaskMessage::from_raw(&delivery.message) {
-            Ok(msg) => msg,
+            Ok(msg) => Arc::new(msg),
             Err(e) => {
                 let id = delivery.message.task_id().unwrap_or("?");
                 error!(queue = %delivery.queue, task_id = id, "cannot decode message, moving it to the dead-letter queue: {e}");
@@ -96,12 +99,16 @@ impl Shared {
             self.unregistered(&delivery, &builder).await;
             return;
         };
+        let track = self
+            .tracked
+            .enter(msg.clone(), &delivery.queue, delivery.redelivered);
         let request = Request {
             delivery: &delivery,
             msg: &msg,
             builder,
             task,
             window: Mutex::new(Some(window)),
+            track,
         };
         let settle = self.process(&request).await;
         self.settle(&delivery.tag, settle).await;
@@ -172,13 +179,15 @@ impl Shared {
         if let Some(eta) = h.eta.filter(|eta| *eta > Utc::now()) {
             if !self.broker.delays_delivery() {
                 let wait = (eta - Utc::now()).to_std().unwrap_or_default();
+                req.track.set(Stage::Scheduled(eta));
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
                     _ = phase.wait_for(draining) => return Err(Settle::Requeue),
                 }
+                req.track.set(Stage::Reserved);
             }
         }
-        if let Some(limit) = req.options().rate_limit {
+        if let Some(limit) = self.limiter.limit_for(&h.task, req.options().rate_limit) {
             tokio::select! {
                 _ = self.limiter.wait(&h.task, limit) => {}
                 _ = phase.wait_for(draining) => return Err(Settle::Requeue),
@@ -216,6 +225,10 @@ impl Shared {
         }
         let job = self.job(req);
         self.accept(&h.task);
+        req.track.set(Stage::Active {
+            since: Utc::now().timestamp_micros() as f64 / 1e6,
+            acknowledged: !acks_late,
+        });
         self.hooks.emit_task_prerun(&req.info());
         debug!(task_id = %h.id, "Task {}[{}] starting on the {} pool", h.task, h.id, self.config.pool.name());
         let started = Instant::now();
@@ -244,7 +257,9 @@ impl Shared {
         ctx.eta = h.eta;
         ctx.expires = h.expires;
         ctx.max_retries = options.max_retries;
-        // The message's limits beat the task's, which beat the worker's (`--time-limit`).
+        // The message's limits beat those set by remote control, then the task's, then the
+        // worker's (`--time-limit`).
+        let set_at_run_time = self.limiter.time_limits_for(&h.task);
         Job {
             task: req.task.clone(),
             args: req.msg.args.clone(),
@@ -253,11 +268,13 @@ impl Shared {
             soft_limit: h
                 .soft_time_limit
                 .and_then(secs)
+                .or(set_at_run_time.soft)
                 .or(options.soft_time_limit)
                 .or(self.config.soft_time_limit),
             hard_limit: h
                 .time_limit
                 .and_then(secs)
+                .or(set_at_run_time.hard)
                 .or(options.time_limit)
                 .or(self.config.time_limit),
         }

@@ -78,6 +78,9 @@ pub(crate) struct Shared {
     pub in_flight: Capacity,
     pub revoked: Revoked,
     pub in_hand: InHandIds,
+    pub tracked: crate::tracking::Tracked,
+    /// `--autoscale` bounds as remote control last set them (max, min).
+    pub autoscale_bounds: std::sync::Mutex<Option<(usize, usize)>>,
     pub acks: mpsc::UnboundedSender<DeliveryTag>,
     pub phase: watch::Receiver<Phase>,
     pub shutdown: ShutdownHandle,
@@ -224,6 +227,10 @@ impl Worker {
             ),
             revoked: Revoked::default(),
             in_hand: InHandIds::default(),
+            tracked: Default::default(),
+            autoscale_bounds: std::sync::Mutex::new(
+                config.autoscale.as_ref().map(|a| (a.max, a.min)),
+            ),
             acks: ack_tx,
             phase: self.phase.subscribe(),
             shutdown: self.shutdown_handle(),
