@@ -239,7 +239,61 @@ async fn python_inspects_a_celeriac_worker() {
 
     let r = control_py(&e, &["busy", &node, &queue]);
     python_inspects_a_busy_celeriac_worker(&r, &node, &queue);
+    celeriac_cli_inspects_and_controls(&e, &node);
     drop(worker.stop());
+
+    // The same verbs against a Python worker.
+    let python = python_worker(&e, &queue, "3600");
+    celeriac_cli_inspects_and_controls(&e, "py@interop");
+    drop(python.stop());
+}
+
+/// Runs the demo binary's remote-control verbs (the same as the `celeriac` binary's) and
+/// returns their standard output.
+fn cli_remote(e: &Env, args: &[&str]) -> String {
+    let out = std::process::Command::new(DEMO)
+        .args(args)
+        .env("CELERIAC_BROKER_URL", &e.broker)
+        .env("CELERIAC_RESULT_BACKEND", &e.backend)
+        .output()
+        .expect("the demo binary runs");
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `inspect ping --json`, `inspect registered`, `status`, `control rate_limit` against one
+/// node, in Celery's output shapes.
+fn celeriac_cli_inspects_and_controls(e: &Env, node: &str) {
+    let json_out = cli_remote(e, &["inspect", "ping", "-d", node, "-t", "5", "--json"]);
+    let parsed: Value = celeriac::serde_json::from_str(json_out.trim()).expect("JSON");
+    assert_eq!(parsed, json!({ node: {"ok": "pong"} }), "{json_out}");
+    let text = cli_remote(e, &["inspect", "registered", "-d", node, "-t", "5"]);
+    assert!(text.contains(&format!("->  {node}: OK")), "{text}");
+    assert!(text.contains("    * tasks.add"), "{text}");
+    assert!(text.trim_end().ends_with("1 node online."), "{text}");
+    let text = cli_remote(e, &["status", "-d", node, "-t", "5"]);
+    assert!(
+        text.contains(&format!("->  {node}: OK")) && text.contains("1 node online."),
+        "{text}"
+    );
+    let text = cli_remote(
+        e,
+        &[
+            "control",
+            "rate_limit",
+            "tasks.add",
+            "100/s",
+            "-d",
+            node,
+            "-t",
+            "5",
+        ],
+    );
+    assert!(text.contains("new rate limit set successfully"), "{text}");
 }
 
 /// Runs `tests/interop/control.py` and parses its JSON line.

@@ -78,6 +78,12 @@ pub(crate) enum Command {
     Config(ConfigCommand),
     /// Start, stop, restart and show several detached workers (Celery's `celery multi`).
     Multi(crate::multi::MultiArgs),
+    /// Ask workers (celeriac or Python) an inspect command: ping, stats, active, registered...
+    Inspect(RemoteArgs),
+    /// Send workers a control command: rate_limit, time_limit, pool_grow, shutdown...
+    Control(RemoteArgs),
+    /// Which workers are online (they answer ping).
+    Status(StatusArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -223,4 +229,35 @@ pub(crate) fn seconds(s: f64, flag: &str) -> Result<Duration, String> {
             "{flag} must be a non-negative number of seconds, got {s}"
         ))
     }
+}
+
+/// `inspect` / `control` as Celery's: the command, its arguments, and where to send it.
+#[derive(Args, Debug)]
+pub(crate) struct RemoteArgs {
+    /// The command (e.g. ping, stats, rate_limit).
+    pub command: String,
+    /// The command's arguments, by position (e.g. `rate_limit tasks.add 10/m`).
+    pub args: Vec<String>,
+    /// Seconds to wait for replies.
+    #[arg(short = 't', long, default_value_t = 1.0)]
+    pub timeout: f64,
+    /// Only these nodes (comma-separated names, e.g. w1@host).
+    #[arg(short = 'd', long, value_delimiter = ',')]
+    pub destination: Vec<String>,
+    /// Print the replies as JSON.
+    #[arg(short = 'j', long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct StatusArgs {
+    /// Seconds to wait for replies.
+    #[arg(short = 't', long, default_value_t = 1.0)]
+    pub timeout: f64,
+    /// Only these nodes (comma-separated).
+    #[arg(short = 'd', long, value_delimiter = ',')]
+    pub destination: Vec<String>,
+    /// Print the replies as JSON.
+    #[arg(short = 'j', long)]
+    pub json: bool,
 }

@@ -28,6 +28,7 @@ mod multi;
 mod nodename;
 mod pidfile;
 mod queues;
+mod remote;
 mod tasks;
 mod worker;
 
@@ -164,6 +165,9 @@ async fn execute(
         Command::Queues { queues } => queues::lengths(&app, queues).await,
         Command::DeadLetter(command) => queues::dead_letters(&app, command).await,
         Command::Config(command) => config::execute(loaded, command),
+        Command::Inspect(args) => remote::inspect(&app, args).await,
+        Command::Control(args) => remote::control(&app, args).await,
+        Command::Status(args) => remote::status(&app, args).await,
         Command::Multi(_) => {
             unreachable!("multi runs before the runtime starts (see `run_command_line`)")
         }
