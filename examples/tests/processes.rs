@@ -478,3 +478,87 @@ fn cli_errors_are_one_clear_line_and_a_non_zero_exit() {
         assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
     }
 }
+
+/// Remote control on the embedded store: the CLI in one process inspects and controls two
+/// workers in others (ping, stats, registered, active, rate_limit, pool_grow, shutdown).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_inspects_and_controls_workers_in_other_processes() {
+    let s = store("");
+    let w1 = spawn_worker(&s, "w1@box", &["-c", "1"]);
+    let w2 = spawn_worker(&s, "w2@box", &["-c", "1"]);
+    w1.wait_for_log("remote control: listening");
+    w2.wait_for_log("remote control: listening");
+    let (ok, out, err) = cli(
+        &s,
+        &[
+            "inspect",
+            "ping",
+            "-t",
+            "3",
+            "-d",
+            "w1@box,w2@box",
+            "--json",
+        ],
+    );
+    assert!(ok, "{err}");
+    let replies: celeriac::serde_json::Value = celeriac::serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(
+        replies,
+        celeriac::serde_json::json!({"w1@box": {"ok": "pong"}, "w2@box": {"ok": "pong"}})
+    );
+    let (ok, out, err) = cli(&s, &["status", "-t", "3", "-d", "w1@box,w2@box"]);
+    assert!(ok && out.contains("2 nodes online."), "{out}{err}");
+
+    let app = producer(&s);
+    let running = celeriac_demo::sleep::delay(&app, 1.5).await.unwrap();
+    // Polled: the task is listed once a worker has started it.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (ok, out, err) = cli(
+            &s,
+            &["inspect", "active", "-t", "2", "-d", "w1@box,w2@box", "-j"],
+        );
+        assert!(ok, "{err}");
+        if out.contains(running.id()) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the running task is never listed: {out}"
+        );
+    }
+    let (ok, out, _) = cli(&s, &["inspect", "registered", "-t", "3", "-d", "w2@box"]);
+    assert!(
+        ok && out.contains("->  w2@box: OK") && out.contains("    * tasks.spin"),
+        "{out}"
+    );
+    let (ok, out, _) = cli(
+        &s,
+        &["control", "pool_grow", "2", "-t", "3", "-d", "w2@box"],
+    );
+    assert!(ok && out.contains("pool will grow"), "{out}");
+    let (ok, out, _) = cli(
+        &s,
+        &["inspect", "stats", "-t", "3", "-d", "w2@box", "--json"],
+    );
+    let stats: celeriac::serde_json::Value = celeriac::serde_json::from_str(out.trim()).unwrap();
+    assert!(
+        ok && stats["w2@box"]["pool"]["max-concurrency"] == 3,
+        "{out}"
+    );
+    let (ok, _, err) = cli(&s, &["inspect", "no_such", "-t", "1"]);
+    assert!(
+        !ok && err.contains("Command no_such not recognized"),
+        "{err}"
+    );
+    assert_eq!(running.get(WAIT).await.unwrap(), 1.5);
+
+    let (ok, _, err) = cli(&s, &["control", "shutdown", "-t", "1", "-d", "w2@box"]);
+    assert!(
+        !ok && err.contains("No nodes replied"),
+        "shutdown never replies: {err}"
+    );
+    let (status, _) = w2.wait_exit();
+    assert!(status.success());
+    drop(w1.stop());
+}

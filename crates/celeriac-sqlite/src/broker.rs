@@ -229,6 +229,9 @@ impl Broker for SqliteStore {
     fn revocations(&self) -> Option<&dyn Revocations> {
         Some(self)
     }
+    fn mailbox(&self) -> Option<&dyn celeriac_core::control::Mailbox> {
+        Some(self)
+    }
 }
 
 // ----------------------------------------------------------------------------------------

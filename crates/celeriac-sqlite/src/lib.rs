@@ -47,6 +47,7 @@
 mod backend;
 mod broker;
 mod db;
+mod mailbox;
 pub mod sql;
 
 use std::collections::HashSet;

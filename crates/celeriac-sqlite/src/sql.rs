@@ -71,6 +71,10 @@ pub const ROLLBACK_TO: &str = "ROLLBACK TO job";
 ///   fetch never scans them; `scheduled_due` finds the due ones with one index seek.
 /// - `dead_letters`: messages a worker could not run, with the reason and when.
 /// - `revoked`: durable revokes; `seq` orders them for incremental sync.
+/// - `control_requests`: remote-control requests (Celery's pidbox broadcast) as Celery's JSON
+///   body with the sender's clock; every worker reads those after its cursor.
+/// - `control_replies`: replies to a caller, keyed by its reply routing key (its oid); the
+///   caller takes (deletes) them.
 /// - `results`: task meta JSON exactly as Celery writes it, keyed by task id.
 /// - `groups`: a group's member task ids as a JSON array.
 pub const CREATE_SCHEMA: &str = "
@@ -136,6 +140,22 @@ CREATE TABLE IF NOT EXISTS revoked (
     at        INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS revoked_at ON revoked (at);
+
+CREATE TABLE IF NOT EXISTS control_requests (
+    seq   INTEGER PRIMARY KEY AUTOINCREMENT,
+    body  TEXT    NOT NULL,
+    clock INTEGER NOT NULL,
+    at    INTEGER NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS control_replies (
+    id        INTEGER PRIMARY KEY AUTOINCREMENT,
+    reply_key TEXT    NOT NULL,
+    ticket    TEXT    NOT NULL,
+    body      TEXT    NOT NULL,
+    at        INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS control_replies_key ON control_replies (reply_key);
 
 CREATE TABLE IF NOT EXISTS results (
     task_id    TEXT PRIMARY KEY,
@@ -369,3 +389,34 @@ pub const GET_GROUP: &str = "SELECT task_ids FROM groups
 /// Deletes up to ?2 groups expired at ?1 (ms).
 pub const PRUNE_GROUPS: &str = "DELETE FROM groups WHERE group_id IN
     (SELECT group_id FROM groups WHERE expires_at IS NOT NULL AND expires_at <= ?1 LIMIT ?2)";
+
+// ----------------------------------------------------------------------------------------
+// Remote control (docs/sqlite.md, "Remote control")
+// ----------------------------------------------------------------------------------------
+
+/// Broadcasts a request: body ?1 (Celery's JSON), sender clock ?2, at ?3 (ms).
+pub const INSERT_CONTROL_REQUEST: &str =
+    "INSERT INTO control_requests (body, clock, at) VALUES (?1, ?2, ?3)";
+
+/// Where a new listener starts: the newest request's seq (0 when none). Requests sent
+/// before a worker listened are not for it, as on a fanout exchange.
+pub const LAST_CONTROL_SEQ: &str = "SELECT coalesce(max(seq), 0) FROM control_requests";
+
+/// Requests after cursor ?1, in order: seq, body, clock.
+pub const CONTROL_REQUESTS_SINCE: &str =
+    "SELECT seq, body, clock FROM control_requests WHERE seq > ?1 ORDER BY seq";
+
+/// Forgets requests sent before ?1 (ms): a listener that has not read them by then was not
+/// listening.
+pub const PRUNE_CONTROL_REQUESTS: &str = "DELETE FROM control_requests WHERE at < ?1";
+
+/// A reply for caller ?1 (its reply routing key) to request ticket ?2: body ?3, at ?4.
+pub const INSERT_CONTROL_REPLY: &str =
+    "INSERT INTO control_replies (reply_key, ticket, body, at) VALUES (?1, ?2, ?3, ?4)";
+
+/// Takes every reply waiting for caller ?1: deletes them and returns ticket, body.
+pub const TAKE_CONTROL_REPLIES: &str =
+    "DELETE FROM control_replies WHERE reply_key = ?1 RETURNING ticket, body";
+
+/// Forgets replies nobody took before ?1 (ms) (their caller stopped waiting).
+pub const PRUNE_CONTROL_REPLIES: &str = "DELETE FROM control_replies WHERE at < ?1";
