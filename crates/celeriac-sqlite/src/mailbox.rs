@@ -161,7 +161,7 @@ impl SqliteStore {
                     let rows = stmt.query_map(params![key], |r| {
                         Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
                     })?;
-                    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+                    rows.collect::<Result<Vec<_>, _>>()
                 })
                 .await
                 .map_err(|e| self.broker_err("remote-control replies", e))?;
