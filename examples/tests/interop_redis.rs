@@ -372,3 +372,99 @@ fn python_inspects_a_busy_celeriac_worker(r: &Value, node: &str, queue: &str) {
     );
     assert_eq!(r["results"], json!([2.0, 2.0]), "{r}");
 }
+
+/// A celeriac worker started with `-E`, watched by Python Celery's `app.events.Receiver`:
+/// heartbeats and the task events arrive with Celery's fields, and Celery's own state
+/// machine (Flower's) sees the tasks SUCCESS and FAILURE and the worker alive. Redis
+/// database 1, isolated by node name and queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_receives_the_events_of_a_celeriac_worker() {
+    let test = "python_receives_the_events_of_a_celeriac_worker";
+    let Ok(base) = std::env::var("CELERIAC_TEST_REDIS_URL") else {
+        eprintln!("skipped {test}: CELERIAC_TEST_REDIS_URL not set");
+        return;
+    };
+    require_python(test);
+    let (scheme, rest) = base.split_once("://").expect("a URL");
+    let authority = rest.split('/').next().unwrap_or(rest);
+    let url = format!("{scheme}://{authority}/1");
+    let e = Env {
+        broker: url.clone(),
+        backend: url,
+    };
+    let node = format!("events-{}@interop", std::process::id());
+    let queue = format!("events-{}", std::process::id());
+    let mut cmd = std::process::Command::new(DEMO);
+    cmd.args([
+        "worker", "-E", "-l", "info", "-c", "2", "-n", &node, "-Q", &queue,
+    ])
+    .env("CELERIAC_BROKER_URL", &e.broker)
+    .env("CELERIAC_RESULT_BACKEND", &e.backend)
+    .env("NO_COLOR", "1");
+    let worker = Proc::spawn(cmd, "worker ready");
+    let out = std::process::Command::new(python())
+        .args(["events.py", &node, &queue])
+        .current_dir(interop_dir())
+        .env("CELERIAC_INTEROP_BROKER", &e.broker)
+        .env("CELERIAC_INTEROP_BACKEND", &e.backend)
+        .output()
+        .expect("events.py runs");
+    assert!(
+        out.status.success(),
+        "events.py failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let r: Value = celeriac::serde_json::from_str(text.lines().last().unwrap_or(""))
+        .unwrap_or_else(|err| panic!("events.py printed {text:?}: {err}"));
+    let events = r["events"].as_array().expect("events");
+    let of = |kind: &str| events.iter().find(|e| e["type"] == json!(kind)).cloned();
+    let heartbeat = of("worker-heartbeat").unwrap_or_else(|| panic!("no heartbeat: {r}"));
+    assert_eq!(heartbeat["freq"], json!(2.0), "{heartbeat}");
+    assert!(
+        heartbeat["loadavg"]
+            .as_array()
+            .is_some_and(|l| l.len() == 3),
+        "{heartbeat}"
+    );
+    for field in [
+        "timestamp",
+        "utcoffset",
+        "pid",
+        "clock",
+        "active",
+        "processed",
+    ] {
+        assert!(!heartbeat[field].is_null(), "{field} missing: {heartbeat}");
+    }
+    let ids = r["ids"].as_array().unwrap();
+    let received = of("task-received").unwrap_or_else(|| panic!("no task-received: {r}"));
+    assert!(ids.contains(&received["uuid"]), "{received}");
+    let succeeded = of("task-succeeded").unwrap_or_else(|| panic!("no task-succeeded: {r}"));
+    assert_eq!(
+        (&succeeded["uuid"], &succeeded["result"]),
+        (&ids[0], &json!("5")),
+        "{succeeded}"
+    );
+    assert!(succeeded["runtime"].as_f64().is_some(), "{succeeded}");
+    let failed = of("task-failed").unwrap_or_else(|| panic!("no task-failed: {r}"));
+    assert_eq!(failed["uuid"], ids[1], "{failed}");
+    assert_eq!(failed["exception"], json!("ValueError('boom')"), "{failed}");
+    assert_eq!(
+        r["states"][ids[0].as_str().unwrap()],
+        json!("SUCCESS"),
+        "{r}"
+    );
+    assert_eq!(
+        r["states"][ids[1].as_str().unwrap()],
+        json!("FAILURE"),
+        "{r}"
+    );
+    assert_eq!(
+        r["task_names"][ids[0].as_str().unwrap()],
+        json!("tasks.add"),
+        "{r}"
+    );
+    assert_eq!(r["worker_alive"], json!(true), "{r}");
+    drop(worker.stop());
+}

@@ -191,9 +191,14 @@ pub(crate) struct PoolArgs {
     /// from the broker's durable record instead.
     #[arg(long = "without-mingle")]
     pub without_mingle: bool,
-    /// Accepted for Celery compatibility: the worker sends no heartbeat events yet.
+    /// Send no worker-heartbeat events (monitors then see the worker only when it starts
+    /// and stops).
     #[arg(long = "without-heartbeat")]
     pub without_heartbeat: bool,
+    /// Send task events (task-received, task-started, task-succeeded, ...) for monitors
+    /// such as Flower (worker_send_task_events).
+    #[arg(short = 'E', long = "task-events")]
+    pub task_events: bool,
 }
 
 #[derive(Args, Debug)]

@@ -75,6 +75,8 @@ fn apply_pool_args(config: &mut WorkerConfig, args: &PoolArgs) -> Result<(), Str
         return Err("--autoscale-min-free-memory and --autoscale-max-load guard --autoscale: give --autoscale MAX,MIN too".into());
     }
     config.disable_prefetch |= args.disable_prefetch;
+    config.send_task_events |= args.task_events;
+    config.heartbeats &= !args.without_heartbeat;
     if let Some(n) = args.max_child_losses {
         config.max_child_losses = n.max(1);
     }

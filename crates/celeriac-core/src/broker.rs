@@ -129,6 +129,10 @@ pub trait Broker: Send + Sync + 'static {
     fn mailbox(&self) -> Option<&dyn crate::control::Mailbox> {
         None
     }
+    /// Celery's events (`celery events`, Flower).
+    fn events(&self) -> Option<&dyn crate::events::Events> {
+        None
+    }
 
     /// Finishes pending publishes and closes the connections this handle opened for
     /// publishing; later publishes fail with [`ErrorKind::Closed`](crate::ErrorKind).

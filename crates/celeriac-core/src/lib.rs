@@ -16,6 +16,7 @@ pub mod backend;
 pub mod broker;
 pub mod control;
 pub mod error;
+pub mod events;
 pub mod json;
 pub mod message;
 pub mod rate;

@@ -37,6 +37,8 @@ use tracing::{debug, error, info, warn};
 
 use crate::keys::{self, Keys};
 
+#[path = "events.rs"]
+mod events;
 #[path = "mailbox.rs"]
 mod mailbox;
 use crate::url::RedisUrl;
@@ -841,6 +843,9 @@ impl Broker for RedisBroker {
         Some(self)
     }
     fn mailbox(&self) -> Option<&dyn celeriac_core::control::Mailbox> {
+        Some(self)
+    }
+    fn events(&self) -> Option<&dyn celeriac_core::events::Events> {
         Some(self)
     }
 }

@@ -169,6 +169,17 @@ impl Keys {
         self.p(&format!("/{}.celery.pidbox", self.db))
     }
 
+    /// The channel an event with `routing_key` is PUBLISHed to (Celery switches `celeryev`
+    /// to fanout on Redis): `<prefix>/<db>.celeryev/<routing_key>`.
+    pub fn event_channel(&self, routing_key: &str) -> String {
+        self.p(&format!("/{}.celeryev/{routing_key}", self.db))
+    }
+
+    /// The pattern a monitor PSUBSCRIBEs to receive every event: `<prefix>/<db>.celeryev/*`.
+    pub fn event_pattern(&self) -> String {
+        self.p(&format!("/{}.celeryev/*", self.db))
+    }
+
     /// The list a remote-control caller with routing key `oid` reads its replies from
     /// (BRPOP): `<prefix><oid>.reply.celery.pidbox`. Workers LPUSH replies to it.
     pub fn reply_list(&self, oid: &str) -> String {

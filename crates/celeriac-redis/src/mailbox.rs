@@ -17,7 +17,13 @@ const REPLY_EXCHANGE: &str = "reply.celery.pidbox";
 const POLL: Duration = Duration::from_secs(1);
 
 /// kombu's envelope around a JSON control body.
-fn envelope(body: &Value, headers: Value, delivery_mode: u8, exchange: &str, key: &str) -> String {
+pub(super) fn envelope(
+    body: &Value,
+    headers: Value,
+    delivery_mode: u8,
+    exchange: &str,
+    key: &str,
+) -> String {
     let mut props = Map::new();
     props.insert("delivery_mode".into(), json!(delivery_mode));
     props.insert(
@@ -47,7 +53,7 @@ pub(super) fn request_envelope(body: &Value, clock: u64, ttl: f64) -> String {
 }
 
 /// The JSON body and headers of an envelope; `None` when it is not one.
-fn open_envelope(raw: &[u8]) -> Option<(Value, Value)> {
+pub(super) fn open_envelope(raw: &[u8]) -> Option<(Value, Value)> {
     let env: Value = serde_json::from_slice(raw).ok()?;
     let body = env.get("body")?.as_str()?;
     let bytes = match env
@@ -61,10 +67,10 @@ fn open_envelope(raw: &[u8]) -> Option<(Value, Value)> {
     Some((body, env.get("headers").cloned().unwrap_or(Value::Null)))
 }
 
-fn pubsub_error(e: RedisError, display: &str) -> BrokerError {
+pub(super) fn pubsub_error(e: RedisError, display: &str) -> BrokerError {
     BrokerError::new(
         ErrorKind::Unreachable,
-        format!("cannot listen for remote control on {display}: {e}"),
+        format!("cannot open a pub/sub connection to {display}: {e}"),
     )
 }
 

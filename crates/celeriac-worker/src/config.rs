@@ -53,6 +53,10 @@ pub struct WorkerConfig {
     pub finished_ids_kept: usize,
     /// `task_acks_late`: every task acks late, whatever its own option says.
     pub task_acks_late: bool,
+    /// `-E` / `worker_send_task_events`: send task events (monitors, Flower).
+    pub send_task_events: bool,
+    /// Send `worker-heartbeat` events (off with `--without-heartbeat`).
+    pub heartbeats: bool,
     /// `task_ignore_result`: no task stores its result here (as Celery's worker, whatever
     /// the message says).
     pub task_ignore_result: bool,
@@ -84,6 +88,8 @@ impl Default for WorkerConfig {
             result_store_retry_for: Duration::from_secs(60),
             finished_ids_kept: 65_536,
             task_acks_late: false,
+            send_task_events: false,
+            heartbeats: true,
             task_ignore_result: false,
         }
     }

@@ -12,6 +12,7 @@ mod completer;
 mod config;
 mod consumer;
 mod control_commands;
+mod events;
 mod hooks;
 mod keepalive;
 mod limiter;

@@ -29,7 +29,13 @@ impl Shared {
             "revoked" => json!(self.revoked_ids()),
             "stats" => self.stats_reply(),
             "hello" => self.hello(request)?,
-            "heartbeat" => Value::Null,
+            "heartbeat" => {
+                // As Celery: an immediate heartbeat with `freq` 5, and a null reply.
+                self.worker_event("worker-heartbeat", 5.0);
+                Value::Null
+            }
+            "enable_events" => self.set_task_events(true),
+            "disable_events" => self.set_task_events(false),
             "shutdown" => {
                 warn!("remote control: shutdown requested");
                 self.request_shutdown();
@@ -70,6 +76,16 @@ impl Shared {
             _ => Vec::new(),
         };
         Value::Object(self.tracked.query(&ids, &self.config.hostname))
+    }
+
+    fn set_task_events(&self, on: bool) -> Value {
+        let was = self.events.set_task_events(on);
+        match (on, was) {
+            (true, true) => ok("task events already enabled"),
+            (true, false) => ok("task events enabled"),
+            (false, false) => ok("task events already disabled"),
+            (false, true) => ok("task events disabled"),
+        }
     }
 
     /// Task names, sorted; with `taskinfoitems`, Celery's `name [attr=value ...]` strings.

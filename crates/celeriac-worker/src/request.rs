@@ -10,8 +10,10 @@ use std::time::{Duration, Instant};
 use celeriac_core::message::{TaskHeaders, TaskMessage};
 use celeriac_core::state::ExceptionInfo;
 use celeriac_core::task::{TaskContext, TaskOptions};
+use celeriac_core::time::to_iso;
 use celeriac_core::Delivery;
 use chrono::Utc;
+use serde_json::json;
 use tokio::sync::{watch, Notify, OwnedSemaphorePermit};
 use tracing::{debug, error, info, warn};
 
@@ -133,6 +135,15 @@ impl Shared {
         let h = req.headers();
         debug!(task_id = %h.id, "Task {}[{}] received", h.task, h.id);
         self.hooks.emit_task_received(&req.info());
+        self.task_event(
+            "task-received",
+            json!({
+                "uuid": h.id, "name": h.task,
+                "args": h.argsrepr, "kwargs": h.kwargsrepr,
+                "root_id": h.root_id, "parent_id": h.parent_id, "retries": h.retries,
+                "eta": h.eta.map(to_iso), "expires": h.expires.map(to_iso),
+            }),
+        );
         let mut phase = self.phase.clone();
         // A connection lost while this worker holds messages (AMQP) hands them back while the
         // first copies still wait or run here: the new copy waits for the first to finish and
@@ -230,6 +241,7 @@ impl Shared {
             acknowledged: !acks_late,
         });
         self.hooks.emit_task_prerun(&req.info());
+        self.task_event("task-started", json!({ "uuid": h.id }));
         debug!(task_id = %h.id, "Task {}[{}] starting on the {} pool", h.task, h.id, self.config.pool.name());
         let started = Instant::now();
         let ending = self.pool.run(slot, job).await;

@@ -62,6 +62,14 @@ pub struct Worker {
     counters: Arc<Counters>,
 }
 
+/// What `Worker::start` hands to `run`: the shared state and the receiving ends its
+/// background tasks drain.
+struct Started {
+    shared: Arc<Shared>,
+    acks: mpsc::UnboundedReceiver<DeliveryTag>,
+    events: mpsc::UnboundedReceiver<serde_json::Value>,
+}
+
 /// What the worker's components share while it runs.
 pub(crate) struct Shared {
     pub broker: Arc<dyn Broker>,
@@ -88,6 +96,7 @@ pub(crate) struct Shared {
     /// The Lamport clock of remote-control messages.
     pub clock: AtomicU64,
     pub started: std::time::Instant,
+    pub events: crate::events::EventSender,
     /// Tasks started here, by name (`stats`' `total`).
     pub accepted: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
 }
@@ -184,9 +193,7 @@ impl Worker {
         }
     }
 
-    async fn start(
-        &self,
-    ) -> Result<(Arc<Shared>, mpsc::UnboundedReceiver<DeliveryTag>), WorkerError> {
+    async fn start(&self) -> Result<Started, WorkerError> {
         let config = self.config.clone();
         for q in &config.queues {
             self.broker
@@ -205,6 +212,7 @@ impl Worker {
                 .map_err(WorkerError::Broker)?,
         );
         let (ack_tx, ack_rx) = mpsc::unbounded_channel();
+        let (events, event_rx) = crate::events::EventSender::new(config.send_task_events);
         let pool = pool::build(&config);
         let _ = self.pool_watch.0.set(pool.clone());
         let shared = Arc::new(Shared {
@@ -238,20 +246,38 @@ impl Worker {
             clock: AtomicU64::new(0),
             started: std::time::Instant::now(),
             accepted: Default::default(),
+            events,
             config,
         });
-        Ok((shared, ack_rx))
+        Ok(Started {
+            shared,
+            acks: ack_rx,
+            events: event_rx,
+        })
     }
 
     /// Runs until shut down through a [`ShutdownHandle`].
     pub async fn run(self) -> Result<(), WorkerError> {
         self.hooks.emit_worker_init(&self.info());
-        let (shared, ack_rx) = self.start().await?;
+        let Started {
+            shared,
+            acks,
+            events,
+        } = self.start().await?;
         shared.sync_revocations().await;
-        let acker = tokio::spawn(ack_loop(shared.consumer.clone(), ack_rx));
+        let acker = tokio::spawn(ack_loop(shared.consumer.clone(), acks));
+        let publisher = tokio::spawn(crate::events::publish(
+            self.broker.clone(),
+            shared.config.hostname.clone(),
+            events,
+        ));
+        shared.worker_event("worker-online", crate::events::HEARTBEAT.as_secs_f64());
         let mut background = JoinSet::new();
         background.spawn(crate::keepalive::run(shared.clone()));
         background.spawn(crate::mailbox::run(shared.clone()));
+        if shared.config.heartbeats {
+            background.spawn(crate::events::heartbeats(shared.clone()));
+        }
         if let Some(autoscale) = shared.config.autoscale.clone() {
             background.spawn(crate::autoscale::follow(
                 shared.clone(),
@@ -276,10 +302,13 @@ impl Worker {
             "pool stopped"
         );
         let consumer = shared.consumer.clone();
+        shared.worker_event("worker-offline", crate::events::HEARTBEAT.as_secs_f64());
         // Every handler has finished; dropping the last `Shared` drops the ack sender, so the
         // acker flushes what is queued and ends.
         drop(shared);
         let _ = acker.await;
+        // The events channel closed with `Shared`: the publisher sends what is left.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), publisher).await;
         if let Err(e) = consumer.close().await {
             error!("could not return held messages to the broker: {e}");
         }

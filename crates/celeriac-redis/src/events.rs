@@ -1,0 +1,77 @@
+//! Celery's events on Redis (protocol §7.1, vector 20): each event is PUBLISHed in kombu's
+//! envelope to `/<db>.celeryev/<routing key>` (Celery makes `celeryev` a fanout exchange on
+//! Redis, so events travel by pub/sub); monitors PSUBSCRIBE `/<db>.celeryev/*`. A
+//! `task.multi` message carries a list of events.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+
+use celeriac_core::events::{routing_key, EventStream, Events};
+use futures_core::Stream;
+use redis::aio::{PubSubSink, PubSubStream};
+
+use super::mailbox::{envelope, open_envelope, pubsub_error};
+use super::*;
+
+struct RedisEvents {
+    _sink: PubSubSink,
+    stream: PubSubStream,
+    pending: VecDeque<Value>,
+}
+
+#[async_trait]
+impl EventStream for RedisEvents {
+    async fn next(&mut self) -> Option<Value> {
+        loop {
+            if let Some(event) = self.pending.pop_front() {
+                return Some(event);
+            }
+            let stream = &mut self.stream;
+            let message = std::future::poll_fn(|cx| Pin::new(&mut *stream).poll_next(cx)).await?;
+            match open_envelope(message.get_payload_bytes()) {
+                Some((Value::Array(events), _)) => self.pending.extend(events),
+                Some((event @ Value::Object(_), _)) => return Some(event),
+                _ => warn!("events: ignoring a malformed message"),
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Events for RedisBroker {
+    async fn send_events(&self, hostname: &str, events: &[Value]) -> Result<(), BrokerError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for event in events {
+            let kind = event.get("type").and_then(Value::as_str).unwrap_or("");
+            let key = routing_key(kind);
+            let headers = json!({ "hostname": hostname });
+            pipe.cmd("PUBLISH")
+                .arg(self.inner.keys.event_channel(&key))
+                .arg(envelope(event, headers, 1, "celeryev", &key))
+                .ignore();
+        }
+        self.inner.cmd.pipe::<()>("send events", true, &pipe).await
+    }
+
+    async fn receive_events(&self) -> Result<Box<dyn EventStream>, BrokerError> {
+        let display = self.display_url();
+        let pubsub = self
+            .inner
+            .client
+            .get_async_pubsub()
+            .await
+            .map_err(|e| pubsub_error(e, &display))?;
+        let (mut sink, stream) = pubsub.split();
+        sink.psubscribe(self.inner.keys.event_pattern())
+            .await
+            .map_err(|e| pubsub_error(e, &display))?;
+        Ok(Box::new(RedisEvents {
+            _sink: sink,
+            stream,
+            pending: VecDeque::new(),
+        }))
+    }
+}
