@@ -466,5 +466,15 @@ async fn python_receives_the_events_of_a_celeriac_worker() {
         "{r}"
     );
     assert_eq!(r["worker_alive"], json!(true), "{r}");
+
+    // The `events` verb sees the same stream: the next heartbeat, as JSON.
+    let dumped = cli_remote(&e, &["events", "--dump", "--count", "1", "--timeout", "10"]);
+    let first: Value = celeriac::serde_json::from_str(dumped.trim()).expect("one JSON event");
+    assert!(
+        first["type"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("worker-")),
+        "{dumped}"
+    );
     drop(worker.stop());
 }

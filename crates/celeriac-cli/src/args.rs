@@ -84,6 +84,8 @@ pub(crate) enum Command {
     Control(RemoteArgs),
     /// Which workers are online (they answer ping).
     Status(StatusArgs),
+    /// Watch the events workers send (start them with -E for task events).
+    Events(EventsArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -265,4 +267,17 @@ pub(crate) struct StatusArgs {
     /// Print the replies as JSON.
     #[arg(short = 'j', long)]
     pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct EventsArgs {
+    /// One JSON object per event and line, as sent.
+    #[arg(long)]
+    pub dump: bool,
+    /// Stop after this many events.
+    #[arg(long)]
+    pub count: Option<usize>,
+    /// Stop after this many seconds.
+    #[arg(long)]
+    pub timeout: Option<f64>,
 }

@@ -23,6 +23,7 @@
 mod args;
 mod config;
 mod detach;
+mod events;
 mod logging;
 mod multi;
 mod nodename;
@@ -168,6 +169,7 @@ async fn execute(
         Command::Inspect(args) => remote::inspect(&app, args).await,
         Command::Control(args) => remote::control(&app, args).await,
         Command::Status(args) => remote::status(&app, args).await,
+        Command::Events(args) => events::watch(&app, args).await,
         Command::Multi(_) => {
             unreachable!("multi runs before the runtime starts (see `run_command_line`)")
         }
