@@ -298,22 +298,27 @@ fn celeriac_cli_inspects_and_controls(e: &Env, node: &str) {
 
 /// Runs `tests/interop/control.py` and parses its JSON line.
 fn control_py(e: &Env, args: &[&str]) -> Value {
+    control_py_script(e, "control.py", args)
+}
+
+/// Runs a script of `tests/interop` and parses the JSON line it prints last.
+fn control_py_script(e: &Env, script: &str, args: &[&str]) -> Value {
     let out = std::process::Command::new(python())
-        .arg("control.py")
+        .arg(script)
         .args(args)
         .current_dir(interop_dir())
         .env("CELERIAC_INTEROP_BROKER", &e.broker)
         .env("CELERIAC_INTEROP_BACKEND", &e.backend)
         .output()
-        .expect("control.py runs");
+        .expect("the script runs");
     assert!(
         out.status.success(),
-        "control.py {args:?} failed: {}",
+        "{script} {args:?} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     let text = String::from_utf8_lossy(&out.stdout);
     celeriac::serde_json::from_str(text.lines().last().unwrap_or(""))
-        .unwrap_or_else(|err| panic!("control.py printed {text:?}: {err}"))
+        .unwrap_or_else(|err| panic!("{script} printed {text:?}: {err}"))
 }
 
 /// With -c 2 and two 2 s tasks, both run (or one runs, one waits): `active` lists them in
@@ -476,5 +481,67 @@ async fn python_receives_the_events_of_a_celeriac_worker() {
             .is_some_and(|t| t.starts_with("worker-")),
         "{dumped}"
     );
+    drop(worker.stop());
+}
+
+/// Flower 2.2, started against the broker, lists a celeriac worker (`/api/workers`, from
+/// its inspect replies) and follows its task to SUCCESS (`/api/task/info`, from its events).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flower_sees_a_celeriac_worker_and_its_tasks() {
+    let test = "flower_sees_a_celeriac_worker_and_its_tasks";
+    let Ok(base) = std::env::var("CELERIAC_TEST_REDIS_URL") else {
+        eprintln!("skipped {test}: CELERIAC_TEST_REDIS_URL not set");
+        return;
+    };
+    require_python(test);
+    let (scheme, rest) = base.split_once("://").expect("a URL");
+    let authority = rest.split('/').next().unwrap_or(rest);
+    let url = format!("{scheme}://{authority}/1");
+    let e = Env {
+        broker: url.clone(),
+        backend: url,
+    };
+    let node = format!("flower-{}@interop", std::process::id());
+    let queue = format!("flower-{}", std::process::id());
+    let mut cmd = std::process::Command::new(DEMO);
+    cmd.args([
+        "worker", "-E", "-l", "info", "-c", "2", "-n", &node, "-Q", &queue,
+    ])
+    .env("CELERIAC_BROKER_URL", &e.broker)
+    .env("CELERIAC_RESULT_BACKEND", &e.backend)
+    .env("NO_COLOR", "1");
+    let worker = Proc::spawn(cmd, "worker ready");
+    let port = (20_000 + std::process::id() % 20_000).to_string();
+    let mut flower = std::process::Command::new(python());
+    flower
+        .args([
+            "-m",
+            "celery",
+            "-A",
+            "pyapp",
+            "flower",
+            "--address=127.0.0.1",
+        ])
+        .arg(format!("--port={port}"))
+        .current_dir(interop_dir())
+        .env("CELERIAC_INTEROP_BROKER", &e.broker)
+        .env("CELERIAC_INTEROP_BACKEND", &e.backend)
+        .env("FLOWER_UNAUTHENTICATED_API", "true");
+    let flower = Proc::spawn(flower, "Visit me at");
+    let r = control_py_script(&e, "flower_api.py", &[&port, &node, &queue]);
+    let listed = &r["workers"][node.as_str()];
+    assert!(listed.is_object(), "Flower lists the worker: {r}");
+    assert_eq!(listed["stats"]["pool"]["max-concurrency"], json!(2), "{r}");
+    assert!(
+        listed["registered"]
+            .as_array()
+            .is_some_and(|t| t.contains(&json!("tasks.add"))),
+        "{r}"
+    );
+    assert_eq!(r["task"]["state"], json!("SUCCESS"), "{r}");
+    assert_eq!(r["task"]["name"], json!("tasks.add"), "{r}");
+    assert_eq!(r["task"]["worker"], json!(node), "{r}");
+    assert_eq!(r["task"]["result"], json!("42"), "{r}");
+    drop(flower.stop());
     drop(worker.stop());
 }

@@ -35,6 +35,10 @@ impl EventSender {
         (sender, rx)
     }
 
+    pub(crate) fn task_events_on(&self) -> bool {
+        self.task_events.load(Ordering::Relaxed)
+    }
+
     /// Turns task events on or off; returns whether they were on.
     pub(crate) fn set_task_events(&self, on: bool) -> bool {
         self.task_events.swap(on, Ordering::Relaxed)

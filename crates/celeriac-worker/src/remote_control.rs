@@ -28,6 +28,15 @@ impl Shared {
             "autoscale" => self.autoscale(request),
             "revoked" => json!(self.revoked_ids()),
             "stats" => self.stats_reply(),
+            "active_queues" => self.active_queues(),
+            "conf" => self.conf(),
+            "report" => ok(format!(
+                "software -> celeriac:{} (Rust) os:{}\nhostname -> {}\npool -> {}",
+                env!("CARGO_PKG_VERSION"),
+                std::env::consts::OS,
+                self.config.hostname,
+                self.config.pool.name()
+            )),
             "hello" => self.hello(request)?,
             "heartbeat" => {
                 // As Celery: an immediate heartbeat with `freq` 5, and a null reply.
@@ -177,6 +186,50 @@ impl Shared {
             "heartbeat": null,
             "failover_strategy": "round-robin",
             "alternates": [],
+        })
+    }
+
+    /// The consumed queues as kombu describes them (Celery's default topology: a direct
+    /// exchange named after the queue).
+    fn active_queues(&self) -> Value {
+        let queues: Vec<Value> = self
+            .config
+            .queues
+            .iter()
+            .map(|q| {
+                json!({
+                    "name": q,
+                    "exchange": {"name": q, "type": "direct", "arguments": null, "durable": true,
+                                 "passive": false, "auto_delete": false, "delivery_mode": null,
+                                 "no_declare": false},
+                    "routing_key": q, "queue_arguments": null, "binding_arguments": null,
+                    "consumer_arguments": null, "durable": true, "exclusive": false,
+                    "auto_delete": false, "no_ack": false, "alias": null, "bindings": [],
+                    "no_declare": null, "expires": null, "message_ttl": null,
+                    "max_length": null, "max_length_bytes": null, "max_priority": null,
+                })
+            })
+            .collect();
+        json!(queues)
+    }
+
+    /// `conf`: the worker's settings under Celery's names.
+    fn conf(&self) -> Value {
+        let c = &self.config;
+        json!({
+            "broker_url": self.broker.display_url(),
+            "worker_concurrency": c.concurrency,
+            "worker_pool": c.pool.name(),
+            "worker_prefetch_multiplier": c.prefetch_multiplier,
+            "worker_max_tasks_per_child": c.max_tasks_per_child,
+            "worker_max_memory_per_child": c.max_memory_per_child_kib,
+            "worker_send_task_events": self.events.task_events_on(),
+            "task_acks_late": c.task_acks_late,
+            "task_ignore_result": c.task_ignore_result,
+            "task_time_limit": c.time_limit.map(|d| d.as_secs_f64()),
+            "task_soft_time_limit": c.soft_time_limit.map(|d| d.as_secs_f64()),
+            "result_expires": c.result_expires.map(|d| d.as_secs_f64()),
+            "result_extended": c.result_extended,
         })
     }
 

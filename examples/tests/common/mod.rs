@@ -60,7 +60,7 @@ pub fn require_python(test: &str) {
     let python = python();
     assert!(
         python.exists(),
-        "{test}: {} does not exist: create it with `python3 -m venv .venv && .venv/bin/pip install \"celery[redis]==5.7.0\"` (as .ci/run does) or set CELERIAC_PYTHON",
+        "{test}: {} does not exist: create it with `python3 -m venv .venv && .venv/bin/pip install \"celery[redis]==5.7.0\" \"flower==2.2.0\"` (as .ci/run does) or set CELERIAC_PYTHON",
         python.display()
     );
 }
