@@ -276,8 +276,9 @@ impl Shared {
                 h.task, h.id
             );
             error!(task_id = %h.id, "{reason}: moving it to the dead-letter queue");
-            self.fail(req, &exc, Some(reason.clone()), runtime).await;
+            // In the dead-letter queue before the caller learns of the failure.
             self.dead_letter(req.delivery, &reason).await;
+            self.fail(req, &exc, Some(reason.clone()), runtime).await;
             return Settle::Done;
         }
         warn!(task_id = %h.id, "Task {}[{}] lost its pool child ({how}): returned to its queue ({losses} of {} such losses before the dead-letter queue)", h.task, h.id, self.config.max_child_losses);
