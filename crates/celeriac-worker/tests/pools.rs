@@ -285,6 +285,15 @@ async fn hooks_see_each_step_and_a_failing_hook_changes_nothing() {
     assert_eq!(ok.get(WAIT).await.unwrap(), "hooked");
     let failed = fails::delay(&app).await.unwrap();
     assert!(matches!(failed.get(WAIT).await, Err(ResultError::Task(_))));
+    // The result is stored before `task_postrun` runs: wait for it, then stop.
+    wait_until("task_postrun of p.fails", || {
+        HOOKS
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|h| h == "task_postrun:p.fails")
+    })
+    .await;
     w.stop().await;
     let calls = HOOKS.lock().unwrap().clone();
     let expected = [
