@@ -144,42 +144,16 @@ async fn eta_beyond_the_visibility_timeout_runs_once_on_time() {
 /// this one is isolated by its node name instead of a flush.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_inspects_a_celeriac_worker() {
-    let test = "python_inspects_a_celeriac_worker";
-    let Ok(base) = std::env::var("CELERIAC_TEST_REDIS_URL") else {
-        eprintln!("skipped {test}: CELERIAC_TEST_REDIS_URL not set");
+    let Some(db1) = worker_on_db1(
+        "python_inspects_a_celeriac_worker",
+        "inspect",
+        &[],
+        "remote control: listening",
+    ) else {
         return;
     };
-    require_python(test);
-    let (scheme, rest) = base.split_once("://").expect("a URL");
-    let authority = rest.split('/').next().unwrap_or(rest);
-    let url = format!("{scheme}://{authority}/1");
-    let e = Env {
-        broker: url.clone(),
-        backend: url,
-    };
-    let node = format!("inspect-{}@interop", std::process::id());
-    let queue = format!("inspect-{}", std::process::id());
-    let mut cmd = std::process::Command::new(DEMO);
-    cmd.args(["worker", "-l", "info", "-c", "2", "-n", &node, "-Q", &queue])
-        .env("CELERIAC_BROKER_URL", &e.broker)
-        .env("CELERIAC_RESULT_BACKEND", &e.backend)
-        .env("NO_COLOR", "1");
-    let worker = Proc::spawn(cmd, "remote control: listening");
-    let out = std::process::Command::new(python())
-        .args(["control.py", &node, "5"])
-        .current_dir(interop_dir())
-        .env("CELERIAC_INTEROP_BROKER", &e.broker)
-        .env("CELERIAC_INTEROP_BACKEND", &e.backend)
-        .output()
-        .expect("control.py runs");
-    assert!(
-        out.status.success(),
-        "control.py failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
-    let r: Value = celeriac::serde_json::from_str(text.lines().last().unwrap_or(""))
-        .unwrap_or_else(|err| panic!("control.py printed {text:?}: {err}"));
+    let (e, node, queue, worker) = (db1.env, db1.node, db1.queue, db1.worker);
+    let r = control_py_script(&e, "control.py", &[&node, "5"]);
     assert_eq!(r["ping"], json!({ node.as_str(): {"ok": "pong"} }), "{r}");
     let registered = r["registered"][node.as_str()]
         .as_array()
@@ -296,6 +270,47 @@ fn celeriac_cli_inspects_and_controls(e: &Env, node: &str) {
     assert!(text.contains("new rate limit set successfully"), "{text}");
 }
 
+/// A celeriac worker on Redis database 1, which the remote-control, events and Flower tests
+/// share: each is isolated by its own node name and queue (`<kind>-<pid>`), not by a flush.
+struct Db1Worker {
+    env: Env,
+    node: String,
+    queue: String,
+    worker: Proc,
+}
+
+/// Starts it (`-c 2`, `extra` flags), once its log shows `ready`; `None` (the test is
+/// skipped, with a message) without `CELERIAC_TEST_REDIS_URL`.
+fn worker_on_db1(test: &str, kind: &str, extra: &[&str], ready: &str) -> Option<Db1Worker> {
+    let Ok(base) = std::env::var("CELERIAC_TEST_REDIS_URL") else {
+        eprintln!("skipped {test}: CELERIAC_TEST_REDIS_URL not set");
+        return None;
+    };
+    require_python(test);
+    let (scheme, rest) = base.split_once("://").expect("a URL");
+    let authority = rest.split('/').next().unwrap_or(rest);
+    let url = format!("{scheme}://{authority}/1");
+    let env = Env {
+        broker: url.clone(),
+        backend: url,
+    };
+    let node = format!("{kind}-{}@interop", std::process::id());
+    let queue = format!("{kind}-{}", std::process::id());
+    let mut cmd = std::process::Command::new(DEMO);
+    cmd.args(["worker", "-l", "info", "-c", "2", "-n", &node, "-Q", &queue])
+        .args(extra)
+        .env("CELERIAC_BROKER_URL", &env.broker)
+        .env("CELERIAC_RESULT_BACKEND", &env.backend)
+        .env("NO_COLOR", "1");
+    let worker = Proc::spawn(cmd, ready);
+    Some(Db1Worker {
+        env,
+        node,
+        queue,
+        worker,
+    })
+}
+
 /// Runs `tests/interop/control.py` and parses its JSON line.
 fn control_py(e: &Env, args: &[&str]) -> Value {
     control_py_script(e, "control.py", args)
@@ -384,44 +399,16 @@ fn python_inspects_a_busy_celeriac_worker(r: &Value, node: &str, queue: &str) {
 /// database 1, isolated by node name and queue.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_receives_the_events_of_a_celeriac_worker() {
-    let test = "python_receives_the_events_of_a_celeriac_worker";
-    let Ok(base) = std::env::var("CELERIAC_TEST_REDIS_URL") else {
-        eprintln!("skipped {test}: CELERIAC_TEST_REDIS_URL not set");
+    let Some(db1) = worker_on_db1(
+        "python_receives_the_events_of_a_celeriac_worker",
+        "events",
+        &["-E"],
+        "worker ready",
+    ) else {
         return;
     };
-    require_python(test);
-    let (scheme, rest) = base.split_once("://").expect("a URL");
-    let authority = rest.split('/').next().unwrap_or(rest);
-    let url = format!("{scheme}://{authority}/1");
-    let e = Env {
-        broker: url.clone(),
-        backend: url,
-    };
-    let node = format!("events-{}@interop", std::process::id());
-    let queue = format!("events-{}", std::process::id());
-    let mut cmd = std::process::Command::new(DEMO);
-    cmd.args([
-        "worker", "-E", "-l", "info", "-c", "2", "-n", &node, "-Q", &queue,
-    ])
-    .env("CELERIAC_BROKER_URL", &e.broker)
-    .env("CELERIAC_RESULT_BACKEND", &e.backend)
-    .env("NO_COLOR", "1");
-    let worker = Proc::spawn(cmd, "worker ready");
-    let out = std::process::Command::new(python())
-        .args(["events.py", &node, &queue])
-        .current_dir(interop_dir())
-        .env("CELERIAC_INTEROP_BROKER", &e.broker)
-        .env("CELERIAC_INTEROP_BACKEND", &e.backend)
-        .output()
-        .expect("events.py runs");
-    assert!(
-        out.status.success(),
-        "events.py failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
-    let r: Value = celeriac::serde_json::from_str(text.lines().last().unwrap_or(""))
-        .unwrap_or_else(|err| panic!("events.py printed {text:?}: {err}"));
+    let (e, node, queue, worker) = (db1.env, db1.node, db1.queue, db1.worker);
+    let r = control_py_script(&e, "events.py", &[&node, &queue]);
     let events = r["events"].as_array().expect("events");
     let of = |kind: &str| events.iter().find(|e| e["type"] == json!(kind)).cloned();
     let heartbeat = of("worker-heartbeat").unwrap_or_else(|| panic!("no heartbeat: {r}"));
@@ -488,29 +475,15 @@ async fn python_receives_the_events_of_a_celeriac_worker() {
 /// its inspect replies) and follows its task to SUCCESS (`/api/task/info`, from its events).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flower_sees_a_celeriac_worker_and_its_tasks() {
-    let test = "flower_sees_a_celeriac_worker_and_its_tasks";
-    let Ok(base) = std::env::var("CELERIAC_TEST_REDIS_URL") else {
-        eprintln!("skipped {test}: CELERIAC_TEST_REDIS_URL not set");
+    let Some(db1) = worker_on_db1(
+        "flower_sees_a_celeriac_worker_and_its_tasks",
+        "flower",
+        &["-E"],
+        "worker ready",
+    ) else {
         return;
     };
-    require_python(test);
-    let (scheme, rest) = base.split_once("://").expect("a URL");
-    let authority = rest.split('/').next().unwrap_or(rest);
-    let url = format!("{scheme}://{authority}/1");
-    let e = Env {
-        broker: url.clone(),
-        backend: url,
-    };
-    let node = format!("flower-{}@interop", std::process::id());
-    let queue = format!("flower-{}", std::process::id());
-    let mut cmd = std::process::Command::new(DEMO);
-    cmd.args([
-        "worker", "-E", "-l", "info", "-c", "2", "-n", &node, "-Q", &queue,
-    ])
-    .env("CELERIAC_BROKER_URL", &e.broker)
-    .env("CELERIAC_RESULT_BACKEND", &e.backend)
-    .env("NO_COLOR", "1");
-    let worker = Proc::spawn(cmd, "worker ready");
+    let (e, node, queue, worker) = (db1.env, db1.node, db1.queue, db1.worker);
     let port = (20_000 + std::process::id() % 20_000).to_string();
     let mut flower = std::process::Command::new(python());
     flower
