@@ -46,10 +46,11 @@ impl EventSender {
 }
 
 impl Shared {
-    /// Sends a task event when task events are on.
-    pub(crate) fn task_event(&self, kind: &str, fields: Value) {
+    /// Sends a task event when task events are on; its fields are built only then (the
+    /// task path pays nothing for events that are off).
+    pub(crate) fn task_event(&self, kind: &str, fields: impl FnOnce() -> Value) {
         if self.events.task_events.load(Ordering::Relaxed) && self.broker.events().is_some() {
-            self.send_event(kind, fields);
+            self.send_event(kind, fields());
         }
     }
 

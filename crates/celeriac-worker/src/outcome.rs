@@ -157,7 +157,7 @@ impl Shared {
         self.hooks.emit_task_success(&req.info(), &value);
         self.task_event(
             "task-succeeded",
-            json!({"uuid": h.id, "result": celeriac_core::repr::repr(&value), "runtime": runtime.as_secs_f64()}),
+            || json!({"uuid": h.id, "result": celeriac_core::repr::repr(&value), "runtime": runtime.as_secs_f64()}),
         );
         if self.keeps_result(req) {
             after_store(self.store(req.msg, &req.builder.success(value)).await, done)
@@ -181,7 +181,7 @@ impl Shared {
             .emit_task_failure(&req.info(), exc, traceback.as_deref());
         self.task_event(
             "task-failed",
-            json!({"uuid": h.id, "exception": exc.repr(), "traceback": traceback}),
+            || json!({"uuid": h.id, "exception": exc.repr(), "traceback": traceback}),
         );
         self.store(req.msg, &req.builder.failure(exc, traceback))
             .await
@@ -200,7 +200,10 @@ impl Shared {
             return Settle::Requeue;
         }
         warn!(task_id = %h.id, "Task {}[{}] rejected: {reason}", h.task, h.id);
-        self.task_event("task-rejected", json!({"uuid": h.id, "requeue": requeue}));
+        self.task_event(
+            "task-rejected",
+            || json!({"uuid": h.id, "requeue": requeue}),
+        );
         let exc = ExceptionInfo {
             exc_type: "Reject".into(),
             exc_module: "celery.exceptions".into(),
@@ -229,11 +232,10 @@ impl Shared {
     async fn revoked(&self, req: &Request<'_>, reason: &str, done: Settle) -> Settle {
         self.counters.revoked.fetch_add(1, Ordering::Relaxed);
         self.hooks.emit_task_revoked(&req.info(), reason);
-        self.task_event(
-            "task-revoked",
+        self.task_event("task-revoked", || {
             json!({"uuid": req.headers().id, "terminated": reason == "terminated",
-                   "signum": null, "expired": reason == "expired"}),
-        );
+                   "signum": null, "expired": reason == "expired"})
+        });
         let stored = self.store(req.msg, &req.builder.revoked(reason)).await;
         after_store(stored, done)
     }
@@ -327,7 +329,7 @@ impl Shared {
         self.hooks.emit_task_retry(&req.info(), &exc);
         self.task_event(
             "task-retried",
-            json!({"uuid": h.id, "exception": exc.repr(), "traceback": retry.traceback}),
+            || json!({"uuid": h.id, "exception": exc.repr(), "traceback": retry.traceback}),
         );
         // RETRY goes in before the new message exists: stored after, it could overwrite the
         // final state of a retry that already ran (only SUCCESS is protected).

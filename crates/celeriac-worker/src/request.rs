@@ -135,15 +135,14 @@ impl Shared {
         let h = req.headers();
         debug!(task_id = %h.id, "Task {}[{}] received", h.task, h.id);
         self.hooks.emit_task_received(&req.info());
-        self.task_event(
-            "task-received",
+        self.task_event("task-received", || {
             json!({
                 "uuid": h.id, "name": h.task,
                 "args": h.argsrepr, "kwargs": h.kwargsrepr,
                 "root_id": h.root_id, "parent_id": h.parent_id, "retries": h.retries,
                 "eta": h.eta.map(to_iso), "expires": h.expires.map(to_iso),
-            }),
-        );
+            })
+        });
         let mut phase = self.phase.clone();
         // A connection lost while this worker holds messages (AMQP) hands them back while the
         // first copies still wait or run here: the new copy waits for the first to finish and
@@ -241,7 +240,7 @@ impl Shared {
             acknowledged: !acks_late,
         });
         self.hooks.emit_task_prerun(&req.info());
-        self.task_event("task-started", json!({ "uuid": h.id }));
+        self.task_event("task-started", || json!({ "uuid": h.id }));
         debug!(task_id = %h.id, "Task {}[{}] starting on the {} pool", h.task, h.id, self.config.pool.name());
         let started = Instant::now();
         let ending = self.pool.run(slot, job).await;
