@@ -245,23 +245,23 @@ pub(crate) struct RemoteArgs {
     pub command: String,
     /// The command's arguments, by position (e.g. `rate_limit tasks.add 10/m`).
     pub args: Vec<String>,
-    /// Seconds to wait for replies.
-    #[arg(short = 't', long, default_value_t = 1.0)]
-    pub timeout: f64,
-    /// Only these nodes (comma-separated names, e.g. w1@host).
-    #[arg(short = 'd', long, value_delimiter = ',')]
-    pub destination: Vec<String>,
-    /// Print the replies as JSON.
-    #[arg(short = 'j', long)]
-    pub json: bool,
+    #[command(flatten)]
+    pub to: ReplyOptions,
 }
 
 #[derive(Args, Debug)]
 pub(crate) struct StatusArgs {
+    #[command(flatten)]
+    pub to: ReplyOptions,
+}
+
+/// Where a remote-control request goes and how its replies are shown (Celery's options).
+#[derive(Args, Debug)]
+pub(crate) struct ReplyOptions {
     /// Seconds to wait for replies.
     #[arg(short = 't', long, default_value_t = 1.0)]
     pub timeout: f64,
-    /// Only these nodes (comma-separated).
+    /// Only these nodes (comma-separated names, e.g. w1@host).
     #[arg(short = 'd', long, value_delimiter = ',')]
     pub destination: Vec<String>,
     /// Print the replies as JSON.

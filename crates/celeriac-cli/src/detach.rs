@@ -14,7 +14,7 @@
 //! exit status if it ends first; so `multi start` then `multi stop` never races the start.
 
 use std::ffi::{OsStr, OsString};
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 
 use crate::args::{Cli, Command as Verb, WorkerArgs};
+use crate::logging::open_append;
 use crate::nodename::{worker_logfile, worker_nodename, worker_pidfile};
 use crate::pidfile::{Content, Pidfile};
 
@@ -116,14 +117,6 @@ fn command(args: &[OsString], log: Option<File>) -> Result<Command, String> {
         });
     }
     Ok(command)
-}
-
-fn open_append(path: &Path) -> Result<File, String> {
-    OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .map_err(|e| format!("cannot open --logfile {}: {e}", path.display()))
 }
 
 /// Waits until the worker's pid is in `pidfile`; its exit before that is an error.

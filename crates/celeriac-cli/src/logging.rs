@@ -43,7 +43,8 @@ fn filter(loglevel: Option<&str>, rust_log: Option<&str>) -> Result<EnvFilter, S
         .unwrap_or_else(|| EnvFilter::new("info")))
 }
 
-fn open_append(path: &Path) -> Result<File, String> {
+/// Opens `path` for appending, as `--logfile` is (the detached worker's output too).
+pub(crate) fn open_append(path: &Path) -> Result<File, String> {
     OpenOptions::new()
         .create(true)
         .append(true)

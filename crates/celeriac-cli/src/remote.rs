@@ -119,9 +119,9 @@ pub(crate) async fn control(app: &App, args: RemoteArgs) -> Result<(), String> {
 
 /// `status`: which workers answer `ping`.
 pub(crate) async fn status(app: &App, args: StatusArgs) -> Result<(), String> {
-    let request = request("ping", Map::new(), &args.destination);
-    let replies = broadcast(app, &request, args.timeout, &args.destination).await?;
-    if args.json {
+    let request = request("ping", Map::new(), &args.to.destination);
+    let replies = broadcast(app, &request, args.to.timeout, &args.to.destination).await?;
+    if args.to.json {
         println!("{}", to_python_json(&Value::Object(merged(&replies))));
     } else {
         for reply in &replies {
@@ -150,9 +150,9 @@ async fn remote(app: &App, args: RemoteArgs, inspect: bool) -> Result<(), String
         ));
     };
     let arguments = compile_arguments(command, &args.args)?;
-    let request = request(command.name, arguments, &args.destination);
-    let replies = broadcast(app, &request, args.timeout, &args.destination).await?;
-    if args.json {
+    let request = request(command.name, arguments, &args.to.destination);
+    let replies = broadcast(app, &request, args.to.timeout, &args.to.destination).await?;
+    if args.to.json {
         // Celery prints inspect replies merged into one object, control replies as a list.
         let out = if inspect {
             Value::Object(merged(&replies))
