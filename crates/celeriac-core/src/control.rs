@@ -161,8 +161,10 @@ pub trait ControlInbox: Send {
 /// replies to the caller's.
 #[async_trait::async_trait]
 pub trait Mailbox: Send + Sync {
-    /// Starts receiving the requests broadcast to workers.
-    async fn listen(&self) -> Result<Box<dyn ControlInbox>, BrokerError>;
+    /// Starts receiving, as the worker `hostname`, the requests broadcast to workers (an
+    /// engine with per-node mailboxes, such as RabbitMQ's `<hostname>.celery.pidbox`
+    /// queue, names them after it).
+    async fn listen(&self, hostname: &str) -> Result<Box<dyn ControlInbox>, BrokerError>;
 
     /// Sends `{hostname: payload}` to the request's reply address with its ticket.
     async fn reply(

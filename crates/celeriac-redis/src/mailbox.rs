@@ -144,7 +144,7 @@ impl ControlInbox for RedisInbox {
 
 #[async_trait]
 impl Mailbox for RedisBroker {
-    async fn listen(&self) -> Result<Box<dyn ControlInbox>, BrokerError> {
+    async fn listen(&self, _hostname: &str) -> Result<Box<dyn ControlInbox>, BrokerError> {
         let mut inbox = RedisInbox {
             client: self.inner.client.clone(),
             channel: self.inner.keys.pidbox_channel(),

@@ -78,7 +78,7 @@ impl ControlInbox for SqliteInbox {
 
 #[async_trait]
 impl Mailbox for SqliteStore {
-    async fn listen(&self) -> Result<Box<dyn ControlInbox>, BrokerError> {
+    async fn listen(&self, _hostname: &str) -> Result<Box<dyn ControlInbox>, BrokerError> {
         let cursor = self
             .db()
             .read(|c| Ok(c.query_row(sql::LAST_CONTROL_SEQ, [], |r| r.get::<_, i64>(0))?))

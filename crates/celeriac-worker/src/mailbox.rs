@@ -17,7 +17,8 @@ pub(crate) async fn run(shared: Arc<Shared>) {
         debug!("this broker has no remote control: the worker has no mailbox");
         return;
     };
-    let mut inbox = match mailbox.listen().await {
+    let hostname = shared.config.hostname.clone();
+    let mut inbox = match mailbox.listen(&hostname).await {
         Ok(inbox) => inbox,
         Err(e) => {
             warn!("remote control is off for this worker: {e}");
@@ -25,7 +26,6 @@ pub(crate) async fn run(shared: Arc<Shared>) {
         }
     };
     info!("remote control: listening");
-    let hostname = shared.config.hostname.clone();
     while let Some(request) = inbox.next().await {
         shared.observe_clock(request.clock);
         if !request.is_for(&hostname) {
