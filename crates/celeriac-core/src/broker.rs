@@ -169,6 +169,24 @@ pub trait Consumer: Send + Sync {
 
     /// Requeues everything still held and stops. Idempotent.
     async fn close(&self) -> Result<(), BrokerError>;
+
+    /// Changing the queues while consuming (Celery's `add_consumer` / `cancel_consumer`).
+    fn queue_set(&self) -> Option<&dyn QueueSet> {
+        None
+    }
+}
+
+/// The queues of a running [`Consumer`]. Messages already fetched stay held whatever
+/// happens to their queue: cancelling a queue only stops new fetches from it.
+#[async_trait]
+pub trait QueueSet: Send + Sync {
+    /// The queues consumed now, in fetch order.
+    fn queues(&self) -> Vec<String>;
+    /// Starts fetching from `queue` too (declared by the caller); `false` when it already was.
+    async fn add_queue(&self, queue: &str) -> Result<bool, BrokerError>;
+    /// Stops fetching from `queue`; `false` when it was not consumed. A consumer left with
+    /// no queue fetches nothing (and waits) until one is added.
+    async fn cancel_queue(&self, queue: &str) -> Result<bool, BrokerError>;
 }
 
 #[async_trait]

@@ -175,8 +175,9 @@ pub trait Mailbox: Send + Sync {
         body: &Value,
     ) -> Result<(), BrokerError>;
 
-    /// Broadcasts `request`; when it has a ticket, collects the replies carrying it until
-    /// `timeout` passes or `limit` replies came.
+    /// Broadcasts `request` (its `clock` header at least `request.clock`); when it has a
+    /// ticket, collects the replies carrying it until `timeout` passes or `limit` replies
+    /// came. Every listener whose `listen` returned before the broadcast receives it.
     async fn broadcast(
         &self,
         request: &ControlRequest,

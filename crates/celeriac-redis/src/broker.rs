@@ -22,7 +22,7 @@ use async_trait::async_trait;
 use base64::Engine;
 use celeriac_core::broker::{
     Broker, Consumer, ConsumerSpec, DeadLetter, DeadLetters, Delivery, DeliveryTag, Publish, Purge,
-    QueueLength, QueueStats, RawMessage, Revocation, Revocations, Signal,
+    QueueLength, QueueSet, QueueStats, RawMessage, Revocation, Revocations, Signal,
 };
 use celeriac_core::control::{revoke_broadcast, BROADCAST_TTL_SECONDS};
 use celeriac_core::json::to_python_json;
@@ -812,7 +812,7 @@ impl Broker for RedisBroker {
         queues.dedup();
         let sh = Arc::new(ConsumerShared {
             broker: inner,
-            queues,
+            queues: Mutex::new(queues),
             block,
             buffer: Mutex::new(VecDeque::new()),
             held: Mutex::new(HashMap::new()),
@@ -856,7 +856,8 @@ impl Broker for RedisBroker {
 
 struct ConsumerShared {
     broker: Arc<Inner>,
-    queues: Vec<String>,
+    /// Changed by `add_queue` / `cancel_queue`; a fetch works on the queues of its start.
+    queues: Mutex<Vec<String>>,
     /// The dedicated connection for BRPOP.
     block: Link,
     /// Popped and recorded, not yet handed out (a dropped fetch leaves them here).
@@ -906,10 +907,11 @@ impl ConsumerShared {
     /// This fetch's queue order (kombu rotates the queue it got a message from to the end;
     /// celeriac rotates the start queue on every fetch, which is as fair).
     fn rotated_queues(&self) -> Vec<String> {
-        let n = self.queues.len();
-        let r = self.rotate.fetch_add(1, Ordering::Relaxed) % n;
-        let mut q = self.queues.clone();
-        q.rotate_left(r);
+        let mut q = self.queues.lock().unwrap().clone();
+        if !q.is_empty() {
+            let r = self.rotate.fetch_add(1, Ordering::Relaxed) % q.len();
+            q.rotate_left(r);
+        }
         q
     }
 
@@ -1115,6 +1117,11 @@ impl ConsumerShared {
         }
         let deadline = Instant::now() + wait;
         let queues = self.rotated_queues();
+        if queues.is_empty() {
+            // Every queue was cancelled: nothing to fetch until one is added.
+            tokio::time::sleep(wait).await;
+            return Ok(());
+        }
         loop {
             let (popped, next_due) = self.pop(&queues, max).await?;
             if self.accept(popped).await? > 0 {
@@ -1258,6 +1265,10 @@ impl Consumer for RedisConsumer {
             .max(Duration::from_millis(10))
     }
 
+    fn queue_set(&self) -> Option<&dyn QueueSet> {
+        Some(self)
+    }
+
     async fn close(&self) -> Result<(), BrokerError> {
         let sh = &self.sh;
         if sh.closed.swap(true, Ordering::SeqCst) {
@@ -1276,6 +1287,30 @@ impl Consumer for RedisConsumer {
             return Err(e);
         }
         Ok(())
+    }
+}
+
+#[async_trait]
+impl QueueSet for RedisConsumer {
+    fn queues(&self) -> Vec<String> {
+        self.sh.queues.lock().unwrap().clone()
+    }
+
+    async fn add_queue(&self, queue: &str) -> Result<bool, BrokerError> {
+        self.sh.broker.declare(&[queue]).await?;
+        let mut queues = self.sh.queues.lock().unwrap();
+        if queues.iter().any(|q| q == queue) {
+            return Ok(false);
+        }
+        queues.push(queue.to_string());
+        Ok(true)
+    }
+
+    async fn cancel_queue(&self, queue: &str) -> Result<bool, BrokerError> {
+        let mut queues = self.sh.queues.lock().unwrap();
+        let before = queues.len();
+        queues.retain(|q| q != queue);
+        Ok(queues.len() < before)
     }
 }
 

@@ -183,7 +183,8 @@ impl Mailbox for RedisBroker {
     ) -> Result<Vec<Value>, BrokerError> {
         let keys = &self.inner.keys;
         let body = request.to_body();
-        let envelope = request_envelope(&body, self.tick(), timeout.as_secs_f64());
+        let clock = self.tick().max(request.clock);
+        let envelope = request_envelope(&body, clock, timeout.as_secs_f64());
         let (Some(ticket), Some(to)) = (&request.ticket, &request.reply_to) else {
             let publish = redis::cmd("PUBLISH")
                 .arg(keys.pidbox_channel())

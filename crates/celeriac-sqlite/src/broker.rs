@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use celeriac_core::broker::{
     Broker, Consumer, ConsumerSpec, DeadLetter, DeadLetters, Delivery, DeliveryTag, Publish, Purge,
-    QueueLength, QueueStats, RawMessage, Revocation, Revocations, Signal,
+    QueueLength, QueueSet, QueueStats, RawMessage, Revocation, Revocations, Signal,
 };
 use celeriac_core::error::{BrokerError, ErrorKind};
 use celeriac_core::time::from_millis;
@@ -232,6 +232,9 @@ impl Broker for SqliteStore {
     fn mailbox(&self) -> Option<&dyn celeriac_core::control::Mailbox> {
         Some(self)
     }
+    fn events(&self) -> Option<&dyn celeriac_core::events::Events> {
+        Some(self)
+    }
 }
 
 // ----------------------------------------------------------------------------------------
@@ -242,7 +245,8 @@ impl Broker for SqliteStore {
 pub struct SqliteConsumer {
     store: SqliteStore,
     owner: Arc<str>,
-    queues: Arc<[String]>,
+    /// Changed by `add_queue` / `cancel_queue`; each fetch reads the current list.
+    queues: std::sync::Mutex<Arc<[String]>>,
     closed: AtomicBool,
 }
 
@@ -382,9 +386,24 @@ impl SqliteConsumer {
         SqliteConsumer {
             store,
             owner,
-            queues: spec.queues.into(),
+            queues: std::sync::Mutex::new(spec.queues.into()),
             closed: AtomicBool::new(false),
         }
+    }
+
+    fn current_queues(&self) -> Arc<[String]> {
+        self.queues
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn change_queues(&self, change: impl FnOnce(&mut Vec<String>) -> bool) -> bool {
+        let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+        let mut list = queues.to_vec();
+        let changed = change(&mut list);
+        *queues = list.into();
+        changed
     }
 
     /// This consumer's lease owner id (unique per consumer).
@@ -408,7 +427,7 @@ impl SqliteConsumer {
 
     async fn fetch_once(&self, max: usize) -> DbResult<FetchOut> {
         let owner = self.owner.clone();
-        let queues = self.queues.clone();
+        let queues = self.current_queues();
         let lease_ms = self.lease_ms();
         let undelivered_owner = self.owner.clone();
         self.store
@@ -426,6 +445,32 @@ impl SqliteConsumer {
                 })),
             )
             .await
+    }
+}
+
+#[async_trait]
+impl QueueSet for SqliteConsumer {
+    fn queues(&self) -> Vec<String> {
+        self.current_queues().to_vec()
+    }
+
+    async fn add_queue(&self, queue: &str) -> Result<bool, BrokerError> {
+        self.store.declare_queue(queue).await?;
+        Ok(self.change_queues(|queues| {
+            let new = !queues.iter().any(|q| q == queue);
+            if new {
+                queues.push(queue.to_string());
+            }
+            new
+        }))
+    }
+
+    async fn cancel_queue(&self, queue: &str) -> Result<bool, BrokerError> {
+        Ok(self.change_queues(|queues| {
+            let before = queues.len();
+            queues.retain(|q| q != queue);
+            queues.len() < before
+        }))
     }
 }
 
@@ -537,6 +582,10 @@ impl Consumer for SqliteConsumer {
 
     fn keepalive_interval(&self) -> Duration {
         (self.store.inner.options.visibility_timeout / 3).max(Duration::from_millis(1))
+    }
+
+    fn queue_set(&self) -> Option<&dyn QueueSet> {
+        Some(self)
     }
 
     async fn close(&self) -> Result<(), BrokerError> {

@@ -47,6 +47,7 @@
 mod backend;
 mod broker;
 mod db;
+mod events;
 mod mailbox;
 pub mod sql;
 
@@ -96,6 +97,8 @@ struct Inner {
     results_pruned_at: AtomicI64,
     /// When revocations were last pruned (ms).
     revoked_pruned_at: AtomicI64,
+    /// When events were last pruned (ms).
+    events_pruned_at: AtomicI64,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -156,6 +159,7 @@ impl SqliteStore {
                 known_queues: Mutex::new(HashSet::new()),
                 results_pruned_at: AtomicI64::new(0),
                 revoked_pruned_at: AtomicI64::new(0),
+                events_pruned_at: AtomicI64::new(0),
             }),
         }))
     }

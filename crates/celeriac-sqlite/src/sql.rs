@@ -75,6 +75,8 @@ pub const ROLLBACK_TO: &str = "ROLLBACK TO job";
 ///   body with the sender's clock; every worker reads those after its cursor.
 /// - `control_replies`: replies to a caller, keyed by its reply routing key (its oid); the
 ///   caller takes (deletes) them.
+/// - `events`: Celery's events (protocol §7) as JSON, in send order; every monitor reads
+///   those after its cursor, and rows older than a minute are pruned.
 /// - `results`: task meta JSON exactly as Celery writes it, keyed by task id.
 /// - `groups`: a group's member task ids as a JSON array.
 pub const CREATE_SCHEMA: &str = "
@@ -156,6 +158,13 @@ CREATE TABLE IF NOT EXISTS control_replies (
     at        INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS control_replies_key ON control_replies (reply_key);
+
+CREATE TABLE IF NOT EXISTS events (
+    seq  INTEGER PRIMARY KEY AUTOINCREMENT,
+    body TEXT    NOT NULL,
+    at   INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_at ON events (at);
 
 CREATE TABLE IF NOT EXISTS results (
     task_id    TEXT PRIMARY KEY,
@@ -409,6 +418,19 @@ pub const CONTROL_REQUESTS_SINCE: &str =
 /// Forgets requests sent before ?1 (ms): a listener that has not read them by then was not
 /// listening.
 pub const PRUNE_CONTROL_REQUESTS: &str = "DELETE FROM control_requests WHERE at < ?1";
+
+/// Sends an event: body ?1 (Celery's JSON event), at ?2 (ms).
+pub const INSERT_EVENT: &str = "INSERT INTO events (body, at) VALUES (?1, ?2)";
+
+/// Where a new monitor starts: the newest event's seq (0 when none). Events are not kept
+/// for monitors that come later, as on Celery's `celeryev` exchange.
+pub const LAST_EVENT_SEQ: &str = "SELECT coalesce(max(seq), 0) FROM events";
+
+/// Events after cursor ?1, in order, at most ?2: seq, body.
+pub const EVENTS_SINCE: &str = "SELECT seq, body FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2";
+
+/// Forgets events sent before ?1 (ms): a monitor that has not read them by then is gone.
+pub const PRUNE_EVENTS: &str = "DELETE FROM events WHERE at < ?1";
 
 /// A reply for caller ?1 (its reply routing key) to request ticket ?2: body ?3, at ?4.
 pub const INSERT_CONTROL_REPLY: &str =

@@ -24,6 +24,11 @@ use serde_json::{json, Map, Value};
 
 use crate::{unique, BoxFuture, Case, CaseResult, FactoryOptions, Instance, Report, Skip};
 
+mod broadcast;
+use broadcast::{
+    events_reach_every_receiver, mailbox_reaches_every_listener, queue_set_adds_and_cancels,
+};
+
 /// Opens a fresh, isolated broker store for one case.
 ///
 /// Implemented for every `Fn(FactoryOptions) -> Fut` where `Fut` resolves to
@@ -79,6 +84,9 @@ cases!(
     dead_letters_list_and_requeue,
     revocations_durable,
     cancelled_fetch_loses_nothing,
+    queue_set_adds_and_cancels,
+    mailbox_reaches_every_listener,
+    events_reach_every_receiver,
 );
 
 /// Runs every case whose name contains `filter` (all when `None`) against `factory`, printing
@@ -123,6 +131,9 @@ macro_rules! broker_tests {
             dead_letters_list_and_requeue,
             revocations_durable,
             cancelled_fetch_loses_nothing,
+            queue_set_adds_and_cancels,
+            mailbox_reaches_every_listener,
+            events_reach_every_receiver,
         );
     };
     (@cases $factory:expr; $($name:ident),* $(,)?) => {

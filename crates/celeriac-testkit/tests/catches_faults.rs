@@ -6,12 +6,17 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use celeriac_core::backend::ResultBackend;
-use celeriac_core::broker::{Broker, Consumer, ConsumerSpec, Delivery, DeliveryTag, Publish};
+use celeriac_core::broker::{
+    Broker, Consumer, ConsumerSpec, Delivery, DeliveryTag, Publish, QueueSet,
+};
+use celeriac_core::control::{ControlInbox, ControlRequest, Mailbox, ReplyAddress};
 use celeriac_core::error::{BackendError, BrokerError};
+use celeriac_core::events::{EventStream, Events};
 use celeriac_core::state::TaskMeta;
 use celeriac_sqlite::SqliteStore;
 use celeriac_testkit::{backend_suite, broker_suite, FactoryOptions, Instance, Outcome, Skip};
 use chrono::SubsecRound;
+use serde_json::Value;
 
 #[derive(Clone, Copy, PartialEq, Debug)]
 enum Fault {
@@ -21,6 +26,9 @@ enum Fault {
     IgnoresPriority,
     NeverRedelivered,
     CloseDoesNothing,
+    CancelIgnored,
+    FirstReplyOnly,
+    EventsReordered,
     NoCapabilities,
 }
 
@@ -63,6 +71,54 @@ impl Broker for Faulty {
             .then(|| self.inner.purge())
             .flatten()
     }
+    fn mailbox(&self) -> Option<&dyn Mailbox> {
+        (self.fault != Fault::NoCapabilities).then_some(self)
+    }
+    fn events(&self) -> Option<&dyn Events> {
+        (self.fault != Fault::NoCapabilities).then_some(self)
+    }
+}
+
+#[async_trait]
+impl Mailbox for Faulty {
+    async fn listen(&self, hostname: &str) -> Result<Box<dyn ControlInbox>, BrokerError> {
+        self.inner.listen(hostname).await
+    }
+    async fn reply(
+        &self,
+        to: &ReplyAddress,
+        ticket: &str,
+        clock: u64,
+        body: &Value,
+    ) -> Result<(), BrokerError> {
+        self.inner.reply(to, ticket, clock, body).await
+    }
+    async fn broadcast(
+        &self,
+        request: &ControlRequest,
+        timeout: Duration,
+        limit: Option<usize>,
+    ) -> Result<Vec<Value>, BrokerError> {
+        let mut replies = self.inner.broadcast(request, timeout, limit).await?;
+        if self.fault == Fault::FirstReplyOnly {
+            replies.truncate(1);
+        }
+        Ok(replies)
+    }
+}
+
+#[async_trait]
+impl Events for Faulty {
+    async fn send_events(&self, hostname: &str, events: &[Value]) -> Result<(), BrokerError> {
+        let mut events = events.to_vec();
+        if self.fault == Fault::EventsReordered {
+            events.reverse();
+        }
+        self.inner.send_events(hostname, &events).await
+    }
+    async fn receive_events(&self) -> Result<Box<dyn EventStream>, BrokerError> {
+        self.inner.receive_events().await
+    }
 }
 
 #[async_trait]
@@ -94,6 +150,36 @@ impl Consumer for FaultyConsumer {
             return Ok(());
         }
         self.inner.close().await
+    }
+    fn queue_set(&self) -> Option<&dyn QueueSet> {
+        (self.fault != Fault::NoCapabilities).then_some(self)
+    }
+}
+
+#[async_trait]
+impl QueueSet for FaultyConsumer {
+    fn queues(&self) -> Vec<String> {
+        self.inner
+            .queue_set()
+            .map(|s| s.queues())
+            .unwrap_or_default()
+    }
+    async fn add_queue(&self, queue: &str) -> Result<bool, BrokerError> {
+        self.inner
+            .queue_set()
+            .expect("sqlite has a queue set")
+            .add_queue(queue)
+            .await
+    }
+    async fn cancel_queue(&self, queue: &str) -> Result<bool, BrokerError> {
+        if self.fault == Fault::CancelIgnored {
+            return Ok(true);
+        }
+        self.inner
+            .queue_set()
+            .expect("sqlite has a queue set")
+            .cancel_queue(queue)
+            .await
     }
 }
 
@@ -221,6 +307,9 @@ async fn broker_faults_are_caught() {
         (Fault::NeverRedelivered, "requeue_redelivers"),
         (Fault::NeverRedelivered, "lapsed_lease_redelivers"),
         (Fault::CloseDoesNothing, "close_requeues_held"),
+        (Fault::CancelIgnored, "queue_set_adds_and_cancels"),
+        (Fault::FirstReplyOnly, "mailbox_reaches_every_listener"),
+        (Fault::EventsReordered, "events_reach_every_receiver"),
     ] {
         assert_failed(broker_outcome(fault, case).await, fault);
     }
@@ -242,6 +331,17 @@ async fn missing_capabilities_are_skipped() {
             broker_outcome(Fault::IgnoresPriority, case).await,
             Outcome::Skipped(_)
         ));
+    }
+    for (case, capability) in [
+        ("queue_set_adds_and_cancels", "QueueSet"),
+        ("mailbox_reaches_every_listener", "Mailbox"),
+        ("events_reach_every_receiver", "Events"),
+    ] {
+        let outcome = broker_outcome(Fault::NoCapabilities, case).await;
+        assert!(
+            matches!(&outcome, Outcome::Skipped(why) if why.contains(capability)),
+            "{case}: {outcome:?}"
+        );
     }
     let purge = broker_outcome(Fault::NoCapabilities, "purge").await;
     assert!(
