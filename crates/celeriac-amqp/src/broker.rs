@@ -1,6 +1,7 @@
 //! [`AmqpBroker`]: the [`Broker`] seam over a [`Session`] (one publisher connection shared by
 //! every publish); consumers own their connection (see `consumer.rs`), revocations follow a
-//! stream (`revocations.rs`), dead letters wait in a queue of their own (`dead_letters.rs`).
+//! stream (`revocations.rs`), dead letters wait in a queue of their own (`dead_letters.rs`),
+//! remote control and events use Celery's exchanges (`mailbox.rs`, `events.rs`).
 
 use std::sync::{Arc, Mutex, Weak};
 
@@ -12,9 +13,12 @@ use celeriac_core::broker::{
     Broker, Consumer, ConsumerSpec, DeadLetters, Publish, Purge, QueueLength, QueueStats,
     Revocation, Revocations, Signal, StatsCoverage,
 };
+use celeriac_core::control::{revoke_broadcast, Mailbox, BROADCAST_TTL_SECONDS};
+use celeriac_core::events::Events;
 use celeriac_core::BrokerError;
 
 use crate::consumer::{AmqpConsumer, Core};
+use crate::mailbox::publish_request;
 use crate::revocations::RevocationLog;
 use crate::rpc::RpcBackend;
 use crate::session::{is_refusal, unreachable, Declare, Session};
@@ -127,6 +131,12 @@ impl Broker for AmqpBroker {
     fn revocations(&self) -> Option<&dyn Revocations> {
         Some(self)
     }
+    fn mailbox(&self) -> Option<&dyn Mailbox> {
+        Some(self)
+    }
+    fn events(&self) -> Option<&dyn Events> {
+        Some(self)
+    }
 
     async fn close(&self) -> Result<(), BrokerError> {
         self.revocations.stop_following().await;
@@ -135,7 +145,7 @@ impl Broker for AmqpBroker {
 }
 
 /// Durable revokes through the `celeriac.revocations` stream (see `revocations.rs`), each
-/// also broadcast to `celery.pidbox` as Celery's `revoke` for Python workers.
+/// also cast to every mailbox as Celery's `revoke` (`mailbox.rs`) for Python workers.
 #[async_trait]
 impl Revocations for AmqpBroker {
     async fn revoke(
@@ -147,10 +157,16 @@ impl Revocations for AmqpBroker {
             return Ok(());
         }
         let mark = uuid::Uuid::new_v4().to_string();
-        let out = RevocationLog::record(task_ids, terminate, &mark, self.session.tick());
-        self.revocations
-            .publish_and_wait(&self.session, &out, &mark)
-            .await
+        let record = [RevocationLog::record(task_ids, terminate, &mark)];
+        let cast = serde_json::Value::Object(revoke_broadcast(task_ids, terminate));
+        // Both at once: the record (read back by the follower) and the cast to running
+        // workers are independent, so neither waits for the other's confirm.
+        let (recorded, cast) = tokio::join!(
+            self.revocations
+                .publish_and_wait(&self.session, &record, &mark),
+            publish_request(&self.session, &cast, BROADCAST_TTL_SECONDS),
+        );
+        recorded.and(cast)
     }
 
     async fn is_revoked(&self, task_id: &str) -> Result<bool, BrokerError> {

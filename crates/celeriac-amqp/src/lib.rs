@@ -5,6 +5,8 @@ mod broker;
 mod codec;
 mod consumer;
 mod dead_letters;
+mod events;
+mod mailbox;
 mod revocations;
 mod rpc;
 mod session;

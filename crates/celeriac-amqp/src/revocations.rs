@@ -4,7 +4,8 @@
 //! [`AmqpBroker`](crate::AmqpBroker) follows that stream from its first offset with a consumer
 //! of its own and keeps the ids in memory, so a worker's periodic `revocations_since` costs no
 //! round trip. Stream offsets (plus one) are the cursors. Celery's `revoke` broadcast goes to
-//! `celery.pidbox` with each revoke, so running Python workers flag the ids as well.
+//! `celery.pidbox` with each revoke (published by `mailbox.rs`), so running Python workers
+//! flag the ids as well.
 //!
 //! Reads are made current with a *mark*: a message carrying a fresh id is appended to the
 //! stream and the reader waits until its follower has passed it, so everything recorded before
@@ -26,15 +27,13 @@ use tokio::sync::oneshot;
 use tracing::{info, warn};
 
 use celeriac_core::broker::{Revocation, Signal};
-use celeriac_core::control::{revoke_broadcast, BROADCAST_TTL_SECONDS};
-use celeriac_core::json::to_python_json;
 use celeriac_core::time::from_millis;
 use celeriac_core::{BrokerError, ErrorKind};
 
 use crate::session::{
     connect, is_refusal, next_or_stop, unreachable, Declare, Next, OutProps, Outgoing, Session,
 };
-use crate::topology::{self, PIDBOX_EXCHANGE, REVOCATIONS};
+use crate::topology::{self, REVOCATIONS};
 use crate::url::AmqpUrl;
 
 /// Newest revocations kept in memory (as the Redis engine keeps in `celeriac.revoked_ids`).
@@ -222,34 +221,16 @@ impl RevocationLog {
         }
     }
 
-    /// The stream message recording a revoke, and Celery's broadcast of it.
-    pub(crate) fn record(
-        task_ids: &[String],
-        terminate: Option<Signal>,
-        mark: &str,
-        clock: u64,
-    ) -> [Outgoing; 2] {
-        let expires = Utc::now().timestamp_micros() as f64 / 1e6 + BROADCAST_TTL_SECONDS;
-        let mut headers = FieldTable::default();
-        headers.insert("clock".into(), AMQPValue::LongLongInt(clock as i64));
-        headers.insert("expires".into(), AMQPValue::Double(expires));
-        let broadcast = to_python_json(&Value::Object(revoke_broadcast(task_ids, terminate)));
-        [
-            Outgoing {
-                exchange: String::new(),
-                routing_key: REVOCATIONS.into(),
-                declare: Declare::Nothing,
-                props: OutProps::Built(json_properties()),
-                body: record_body(task_ids, terminate, mark),
-            },
-            Outgoing {
-                exchange: PIDBOX_EXCHANGE.into(),
-                routing_key: String::new(),
-                declare: Declare::CeleryExchanges,
-                props: OutProps::Built(json_properties().with_priority(0).with_headers(headers)),
-                body: broadcast.into_bytes(),
-            },
-        ]
+    /// The stream message recording a revoke (Celery's `revoke` cast to running workers is
+    /// published by `mailbox.rs`, beside it).
+    pub(crate) fn record(task_ids: &[String], terminate: Option<Signal>, mark: &str) -> Outgoing {
+        Outgoing {
+            exchange: String::new(),
+            routing_key: REVOCATIONS.into(),
+            declare: Declare::Nothing,
+            props: OutProps::Built(json_properties()),
+            body: record_body(task_ids, terminate, mark),
+        }
     }
 
     pub(crate) fn contains(&self, task_id: &str) -> bool {

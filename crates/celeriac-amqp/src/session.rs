@@ -240,6 +240,17 @@ impl Session {
         self.clock.fetch_add(1, Ordering::Relaxed) + 1
     }
 
+    /// Moves the Lamport clock past a clock seen on a message (a remote-control reply), so
+    /// the next broadcast is ordered after it (kombu's `clock.adjust`).
+    pub(crate) fn observe_clock(&self, seen: u64) {
+        self.clock.fetch_max(seen, Ordering::Relaxed);
+    }
+
+    /// Whether `close` was called: followers with connections of their own stop then.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
+    }
+
     /// The live publisher link, connecting (once, no retry) when there is none.
     pub(crate) async fn link(&self) -> Result<Arc<Link>, BrokerError> {
         let mut guard = self.link.lock().await;
@@ -579,6 +590,19 @@ pub(crate) enum Next {
     Stopped,
 }
 
+/// The next delivery of a consumer; `None` when it ended or failed (its connection or
+/// channel is gone: reconnect).
+pub(crate) async fn next_delivery(
+    consumer: &mut lapin::Consumer,
+) -> Option<lapin::message::Delivery> {
+    use futures_core::Stream;
+    let next = std::future::poll_fn(|cx| std::pin::Pin::new(&mut *consumer).poll_next(cx)).await;
+    match next {
+        Some(Ok(d)) => Some(d),
+        _ => None,
+    }
+}
+
 /// The next delivery of a follower's consumer, unless `stop` fires (or its sender is
 /// dropped) first, in which case the follower's connection is closed.
 pub(crate) async fn next_or_stop(
@@ -586,16 +610,14 @@ pub(crate) async fn next_or_stop(
     stop: &mut tokio::sync::oneshot::Receiver<()>,
     conn: &Connection,
 ) -> Next {
-    use futures_core::Stream;
-    let delivery = std::future::poll_fn(|cx| std::pin::Pin::new(&mut *consumer).poll_next(cx));
     tokio::select! {
         _ = stop => {
             let _ = conn.close(200, "done".into()).await;
             Next::Stopped
         }
-        next = delivery => match next {
-            Some(Ok(d)) => Next::Delivery(d),
-            _ => Next::Lost,
+        next = next_delivery(consumer) => match next {
+            Some(d) => Next::Delivery(d),
+            None => Next::Lost,
         },
     }
 }

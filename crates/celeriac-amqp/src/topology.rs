@@ -9,12 +9,50 @@ use lapin::{Channel, ExchangeKind};
 
 use crate::url::AmqpUrl;
 
-/// Celery's remote-control fanout exchange (non-durable).
+/// Celery's remote-control fanout exchange (non-durable, not auto-delete: kombu's
+/// `Mailbox._get_exchange` with `control_exchange = "celery"` and Celery's `type='fanout'`).
+/// Requests are published to it with routing key `""`.
 pub const PIDBOX_EXCHANGE: &str = "celery.pidbox";
-/// Celery's remote-control reply exchange (direct, non-durable).
+/// Celery's remote-control reply exchange (direct, non-durable): a reply is published to it
+/// with routing key = the caller's oid.
 pub const REPLY_EXCHANGE: &str = "reply.celery.pidbox";
-/// Celery's event exchange (topic, durable).
+/// Celery's event exchange (topic, durable; Celery's `event_exchange`). Events are published
+/// to it with routing key = the event type with `-` replaced by `.` (`task.multi` for a list).
 pub const EVENT_EXCHANGE: &str = "celeryev";
+/// The binding key of a monitor's event queue: every event (Flower and `celery events` bind
+/// `#`; only a worker's gossip binds `worker.#`).
+pub const EVENT_BINDING_KEY: &str = "#";
+
+/// `x-message-ttl` of pidbox queues, worker's and caller's alike: Celery's
+/// `control_queue_ttl` (300 s) in kombu's integer milliseconds. A request nobody reads for
+/// five minutes is stale.
+pub const CONTROL_QUEUE_TTL_MS: i32 = 300_000;
+/// `x-expires` of pidbox queues: Celery's `control_queue_expires` (10 s), so a mailbox
+/// whose owner went away without deleting it disappears.
+pub const CONTROL_QUEUE_EXPIRES_MS: i32 = 10_000;
+/// `x-message-ttl` of a monitor's event queue: Celery's `event_queue_ttl` (5 s); a monitor
+/// that cannot keep up loses old events rather than growing the queue.
+pub const EVENT_QUEUE_TTL_MS: i32 = 5_000;
+/// `x-expires` of a monitor's event queue: Celery's `event_queue_expires` (60 s).
+pub const EVENT_QUEUE_EXPIRES_MS: i32 = 60_000;
+
+/// A worker's mailbox: `<hostname>.celery.pidbox` (kombu's `Mailbox.get_queue`, namespace
+/// `celery`). Its name is the worker's identity: RabbitMQ refuses (405 RESOURCE_LOCKED) a
+/// second worker with the same hostname, because the queue is exclusive.
+pub fn pidbox_queue(hostname: &str) -> String {
+    format!("{hostname}.{PIDBOX_EXCHANGE}")
+}
+
+/// A caller's reply queue: `<oid>.reply.celery.pidbox` (kombu's `get_reply_queue`), bound
+/// to [`REPLY_EXCHANGE`] with routing key `oid`.
+pub fn reply_queue(oid: &str) -> String {
+    format!("{oid}.{REPLY_EXCHANGE}")
+}
+
+/// A monitor's event queue: `celeryev.<id>` (Celery's `event_queue_prefix` + node id).
+pub fn event_queue(id: &str) -> String {
+    format!("{EVENT_EXCHANGE}.{id}")
+}
 /// Where celeriac keeps dead letters (durable classic queue).
 pub const DEAD_LETTERS: &str = "celeriac.dead_letters";
 /// Where celeriac records revocations durably (a stream).
@@ -230,6 +268,83 @@ pub async fn declare_celery_exchanges(ch: &Channel) -> lapin::Result<()> {
     Ok(())
 }
 
+/// The arguments of an expiring queue, typed as py-amqp sends them (`I`, 32-bit signed), so
+/// RabbitMQ finds declarations by Python and by celeriac equivalent.
+fn expiring_arguments(ttl_ms: i32, expires_ms: i32) -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert("x-message-ttl".into(), AMQPValue::LongInt(ttl_ms));
+    args.insert("x-expires".into(), AMQPValue::LongInt(expires_ms));
+    args
+}
+
+/// A queue as Celery declares its pidbox and event queues by default: non-durable,
+/// exclusive (`*_queue_exclusive = True`, so only the declaring connection may consume it)
+/// and auto-delete (`auto_delete = not durable`: gone when its consumer goes).
+fn exclusive_queue() -> QueueDeclareOptions {
+    QueueDeclareOptions {
+        durable: false,
+        exclusive: true,
+        auto_delete: true,
+        ..Default::default()
+    }
+}
+
+/// Declares `queue` (an [`exclusive_queue`] with `args`) and binds it to `exchange` with
+/// `key`. The exchange must exist.
+async fn declare_bound_queue(
+    ch: &Channel,
+    queue: &str,
+    args: FieldTable,
+    exchange: &str,
+    key: &str,
+) -> lapin::Result<()> {
+    ch.queue_declare(queue.into(), exclusive_queue(), args)
+        .await?;
+    ch.queue_bind(
+        queue.into(),
+        exchange.into(),
+        key.into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+}
+
+/// A worker's mailbox as Celery's worker declares it (vector 24): the broadcast exchanges,
+/// then `<hostname>.celery.pidbox` with `x-message-ttl` 300 000 and `x-expires` 10 000,
+/// bound to `celery.pidbox` with key `""`. Must be consumed on the same connection.
+pub async fn declare_pidbox_queue(ch: &Channel, hostname: &str) -> lapin::Result<()> {
+    declare_celery_exchanges(ch).await?;
+    let args = expiring_arguments(CONTROL_QUEUE_TTL_MS, CONTROL_QUEUE_EXPIRES_MS);
+    declare_bound_queue(ch, &pidbox_queue(hostname), args, PIDBOX_EXCHANGE, "").await
+}
+
+/// A caller's reply queue as Celery's `app.control` declares it (vector 24): the broadcast
+/// exchanges, then `<oid>.reply.celery.pidbox` with the pidbox arguments (Celery passes
+/// `control_queue_ttl` and `control_queue_expires` to the reply queue too), bound to
+/// `reply.celery.pidbox` with key `oid`. Must be consumed on the same connection.
+pub async fn declare_reply_queue(ch: &Channel, oid: &str) -> lapin::Result<()> {
+    declare_celery_exchanges(ch).await?;
+    let args = expiring_arguments(CONTROL_QUEUE_TTL_MS, CONTROL_QUEUE_EXPIRES_MS);
+    declare_bound_queue(ch, &reply_queue(oid), args, REPLY_EXCHANGE, oid).await
+}
+
+/// A monitor's event queue as Celery's `EventReceiver` declares it (vector 24): the event
+/// exchange, then `celeryev.<id>` with `x-message-ttl` 5 000 and `x-expires` 60 000, bound
+/// to `celeryev` with `#`. Must be consumed on the same connection.
+pub async fn declare_event_queue(ch: &Channel, id: &str) -> lapin::Result<()> {
+    declare_celery_exchanges(ch).await?;
+    let args = expiring_arguments(EVENT_QUEUE_TTL_MS, EVENT_QUEUE_EXPIRES_MS);
+    declare_bound_queue(
+        ch,
+        &event_queue(id),
+        args,
+        EVENT_EXCHANGE,
+        EVENT_BINDING_KEY,
+    )
+    .await
+}
+
 /// celeriac's dead-letter queue (durable classic).
 pub async fn declare_dead_letter_queue(ch: &Channel) -> lapin::Result<()> {
     ch.queue_declare(
@@ -284,5 +399,12 @@ mod tests {
         assert_eq!(k, format!("{}1.0.1.celery", "0.".repeat(25)));
         assert_eq!(k.split('.').count(), 29);
         assert_eq!(delivery_binding_key("q").split('.').count(), 29);
+    }
+
+    #[test]
+    fn pidbox_and_event_names_match_vector_24() {
+        assert_eq!(pidbox_queue("w1@capture"), "w1@capture.celery.pidbox");
+        assert_eq!(reply_queue("97636c09"), "97636c09.reply.celery.pidbox");
+        assert_eq!(event_queue("95e8517b"), "celeryev.95e8517b");
     }
 }
