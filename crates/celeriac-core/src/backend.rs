@@ -137,6 +137,37 @@ impl ResultBackend for DisabledBackend {
     }
 }
 
+/// What Celery 5.7 does on revoke: a task that has not started (no state yet, or only
+/// received, retrying or rejected) reads REVOKED at once. A running one keeps its state
+/// until its worker ends it, and a later SUCCESS still wins. Returns whether it stored.
+pub async fn mark_revoked_if_not_started(
+    backend: &dyn ResultBackend,
+    task_id: &str,
+    expires: Option<Duration>,
+) -> Result<bool, BackendError> {
+    use crate::state::{ExceptionInfo, TaskState};
+    if !backend.keeps_results() {
+        return Ok(false);
+    }
+    let state = backend
+        .get(task_id)
+        .await?
+        .map_or(TaskState::Pending, |m| m.status);
+    if !matches!(
+        state,
+        TaskState::Pending | TaskState::Received | TaskState::Retry | TaskState::Rejected
+    ) {
+        return Ok(false);
+    }
+    let mut meta = TaskMeta::pending(task_id.to_string());
+    meta.status = TaskState::Revoked;
+    meta.result = ExceptionInfo::new("TaskRevokedError", "revoked").to_value();
+    meta.children = None;
+    meta.date_done = Some(chrono::Utc::now());
+    backend.store(&meta, expires).await?;
+    Ok(true)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,6 +6,11 @@ use serde_json::{json, Map, Value};
 use crate::broker::Signal;
 use crate::BrokerError;
 
+/// The argument celeriac adds to its `revoke` broadcasts: the revoke is already in the
+/// broker's durable record, so a celeriac worker receiving it records nothing. Python
+/// workers take extra arguments (`**kwargs`) and ignore it.
+pub const RECORDED_ARGUMENT: &str = "celeriac_recorded";
+
 /// The body of Celery's `revoke` broadcast (vectors 22 and 23) as a cast: no `ticket` and no
 /// `reply_to`, so no worker answers. `task_id` is a list, which Celery's handler accepts.
 pub fn revoke_broadcast(task_ids: &[String], terminate: Option<Signal>) -> Map<String, Value> {
@@ -14,7 +19,8 @@ pub fn revoke_broadcast(task_ids: &[String], terminate: Option<Signal>) -> Map<S
     body.insert("method".into(), json!("revoke"));
     body.insert(
         "arguments".into(),
-        json!({"task_id": task_ids, "terminate": terminate.is_some(), "signal": signal}),
+        json!({"task_id": task_ids, "terminate": terminate.is_some(), "signal": signal,
+               RECORDED_ARGUMENT: true}),
     );
     body.insert("destination".into(), Value::Null);
     body.insert("pattern".into(), Value::Null);
@@ -196,7 +202,8 @@ mod tests {
         assert_eq!(
             Value::Object(b),
             json!({"method": "revoke",
-                   "arguments": {"task_id": ["a"], "terminate": false, "signal": "SIGTERM"},
+                   "arguments": {"task_id": ["a"], "terminate": false, "signal": "SIGTERM",
+                                 "celeriac_recorded": true},
                    "destination": null, "pattern": null, "matcher": null})
         );
         let b = revoke_broadcast(&["a".into()], Some(Signal::KILL));

@@ -627,7 +627,8 @@ async fn revocations_are_durable_and_broadcast_to_python_workers() {
     assert_eq!(
         body,
         json!({"method": "revoke",
-               "arguments": {"task_id": ["t1", "t2"], "terminate": true, "signal": "SIGTERM"},
+               "arguments": {"task_id": ["t1", "t2"], "terminate": true, "signal": "SIGTERM",
+                             "celeriac_recorded": true},
                "destination": null, "pattern": null, "matcher": null})
     );
     assert_eq!(

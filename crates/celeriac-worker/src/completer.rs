@@ -107,6 +107,20 @@ impl Completer {
     }
 
     /// Remembers that task `id` reached a final state here.
+    /// A revoke that came by broadcast only (from a Python client): REVOKED for a task not
+    /// started yet, as Celery 5.7's worker records it.
+    pub(crate) async fn mark_revoked(&self, id: &str) {
+        let marked = celeriac_core::backend::mark_revoked_if_not_started(
+            &*self.backend,
+            id,
+            self.result_expires,
+        )
+        .await;
+        if let Err(e) = marked {
+            warn!(task_id = %id, "could not mark the revoked task in the result backend: {e}");
+        }
+    }
+
     pub(crate) fn record_finished(&self, id: &str) {
         self.finished
             .lock()

@@ -57,6 +57,8 @@ pub struct WorkerConfig {
     pub send_task_events: bool,
     /// Send `worker-heartbeat` events (off with `--without-heartbeat`).
     pub heartbeats: bool,
+    /// `worker_enable_remote_control`: answer `inspect` / `control` requests.
+    pub remote_control: bool,
     /// `task_ignore_result`: no task stores its result here (as Celery's worker, whatever
     /// the message says).
     pub task_ignore_result: bool,
@@ -90,6 +92,7 @@ impl Default for WorkerConfig {
             task_acks_late: false,
             send_task_events: false,
             heartbeats: true,
+            remote_control: true,
             task_ignore_result: false,
         }
     }

@@ -12,7 +12,7 @@ use crate::limiter::TimeLimits;
 use crate::mailbox::{error, ok};
 use crate::worker::Shared;
 
-fn argument<'a>(request: &'a ControlRequest, name: &str) -> Option<&'a Value> {
+pub(crate) fn argument<'a>(request: &'a ControlRequest, name: &str) -> Option<&'a Value> {
     request.arguments.get(name).filter(|v| !v.is_null())
 }
 

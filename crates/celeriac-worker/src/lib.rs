@@ -12,6 +12,7 @@ mod completer;
 mod config;
 mod consumer;
 mod control_commands;
+mod control_queues;
 mod events;
 mod hooks;
 mod keepalive;

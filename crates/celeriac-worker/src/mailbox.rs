@@ -13,6 +13,10 @@ use tracing::{debug, info, warn};
 use crate::worker::Shared;
 
 pub(crate) async fn run(shared: Arc<Shared>) {
+    if !shared.config.remote_control {
+        info!("remote control is off (worker_enable_remote_control = false)");
+        return;
+    }
     let Some(mailbox) = shared.broker.mailbox() else {
         debug!("this broker has no remote control: the worker has no mailbox");
         return;

@@ -43,6 +43,10 @@ impl Shared {
                 self.worker_event("worker-heartbeat", 5.0);
                 Value::Null
             }
+            "add_consumer" => self.add_consumer(request).await,
+            "cancel_consumer" => self.cancel_consumer(request).await,
+            "revoke" => self.remote_revoke(request, false).await,
+            "terminate" => self.remote_revoke(request, true).await,
             "enable_events" => self.set_task_events(true),
             "disable_events" => self.set_task_events(false),
             "shutdown" => {
@@ -187,30 +191,6 @@ impl Shared {
             "failover_strategy": "round-robin",
             "alternates": [],
         })
-    }
-
-    /// The consumed queues as kombu describes them (Celery's default topology: a direct
-    /// exchange named after the queue).
-    fn active_queues(&self) -> Value {
-        let queues: Vec<Value> = self
-            .config
-            .queues
-            .iter()
-            .map(|q| {
-                json!({
-                    "name": q,
-                    "exchange": {"name": q, "type": "direct", "arguments": null, "durable": true,
-                                 "passive": false, "auto_delete": false, "delivery_mode": null,
-                                 "no_declare": false},
-                    "routing_key": q, "queue_arguments": null, "binding_arguments": null,
-                    "consumer_arguments": null, "durable": true, "exclusive": false,
-                    "auto_delete": false, "no_ack": false, "alias": null, "bindings": [],
-                    "no_declare": null, "expires": null, "message_ttl": null,
-                    "max_length": null, "max_length_bytes": null, "max_priority": null,
-                })
-            })
-            .collect();
-        json!(queues)
     }
 
     /// `conf`: the worker's settings under Celery's names.

@@ -5,8 +5,13 @@
 use std::collections::HashSet;
 use std::sync::Mutex;
 
+use celeriac_core::broker::Signal;
+use celeriac_core::control::{ControlRequest, RECORDED_ARGUMENT};
+use serde_json::Value;
 use tracing::{debug, info, warn};
 
+use crate::control_commands::argument;
+use crate::mailbox::{error, ok};
 use crate::worker::Shared;
 
 #[derive(Default)]
@@ -58,9 +63,90 @@ impl Shared {
         ids
     }
 
+    /// Celery's `revoke(task_id, terminate, signal)` and `terminate(signal, task_id)`
+    /// broadcasts. A revoke sent by a celeriac client is already in the durable record; one
+    /// from a Python client is recorded here, so it outlives this worker's restarts and
+    /// reaches the celeriac workers that were not listening.
+    pub(crate) async fn remote_revoke(&self, request: &ControlRequest, terminate: bool) -> Value {
+        let ids = task_ids(argument(request, "task_id"));
+        let terminate =
+            terminate || argument(request, "terminate").and_then(Value::as_bool) == Some(true);
+        let signal = match argument(request, "signal").map(parse_signal) {
+            None => Signal::TERM,
+            Some(Some(signal)) => signal,
+            Some(None) => return error(format!("unknown signal {}", request.arguments["signal"])),
+        };
+        lock(&self.revoked).ids.extend(ids.iter().cloned());
+        let recorded = argument(request, RECORDED_ARGUMENT).and_then(Value::as_bool) == Some(true);
+        if !recorded {
+            self.record_remote_revoke(&ids, terminate.then_some(signal))
+                .await;
+        }
+        if !terminate {
+            info!("Tasks flagged as revoked: {}", ids.join(", "));
+            return ok(format!("tasks {} flagged as revoked", python_set(&ids)));
+        }
+        let terminated: Vec<&str> = ids
+            .iter()
+            .filter(|id| self.pool.terminate(id, signal.0))
+            .map(String::as_str)
+            .collect();
+        for id in &terminated {
+            info!(task_id = %id, "Terminating {id} ({})", signal.name());
+        }
+        if terminated.is_empty() {
+            ok("terminate: tasks unknown")
+        } else {
+            ok(format!("terminate: {}", terminated.join(", ")))
+        }
+    }
+
+    async fn record_remote_revoke(&self, ids: &[String], terminate: Option<Signal>) {
+        if let Some(revocations) = self.broker.revocations() {
+            if let Err(e) = revocations.revoke(ids, terminate).await {
+                warn!("could not record a broadcast revoke durably: {e}");
+            }
+        }
+        if terminate.is_none() {
+            for id in ids {
+                self.completer.mark_revoked(id).await;
+            }
+        }
+    }
+
     pub(crate) fn is_revoked(&self, id: &str) -> bool {
         lock(&self.revoked).ids.contains(id)
     }
+}
+
+/// `task_id` is one id or a list of them (Celery accepts both).
+fn task_ids(value: Option<&Value>) -> Vec<String> {
+    match value {
+        Some(Value::String(id)) => vec![id.clone()],
+        Some(Value::Array(ids)) => ids
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// A signal as Celery's `signals.signum` takes it: a name (`KILL`, `SIGKILL`) or a number.
+fn parse_signal(value: &Value) -> Option<Signal> {
+    match value {
+        Value::String(name) => Signal::parse(name),
+        Value::Number(n) => n.as_i64().and_then(|n| i32::try_from(n).ok()).map(Signal),
+        _ => None,
+    }
+}
+
+/// A Python set's repr, as Celery's reply prints the ids: `{'a', 'b'}`.
+fn python_set(ids: &[String]) -> String {
+    if ids.is_empty() {
+        return "set()".into();
+    }
+    let items: Vec<String> = ids.iter().map(|id| format!("'{id}'")).collect();
+    format!("{{{}}}", items.join(", "))
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -3,8 +3,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use celeriac_core::backend::mark_revoked_if_not_started;
 use celeriac_core::broker::Signal;
-use celeriac_core::state::{ExceptionInfo, TaskMeta, TaskState};
 use celeriac_core::task::{Task, TaskOptions};
 use celeriac_core::{Broker, ResultBackend};
 use celeriac_worker::{Hooks, Registry, Worker, WorkerConfig};
@@ -239,6 +239,8 @@ impl App {
         w.max_memory_per_child_kib = c.worker_max_memory_per_child;
         w.time_limit = c.task_time_limit;
         w.soft_time_limit = c.task_soft_time_limit;
+        w.send_task_events = c.worker_send_task_events;
+        w.remote_control = c.worker_enable_remote_control;
         w
     }
 
@@ -301,34 +303,16 @@ impl App {
             ))
         })?;
         revocations.revoke(task_ids, terminate).await?;
-        // As Celery 5.7 does: a task that has not started reads REVOKED at once. A running
-        // one keeps its state until the worker ends it (a later SUCCESS still wins); with
-        // `terminate` the worker running it records `terminated`, so nothing is written here.
-        let backend = self.backend().await?;
-        // Where results go to the sender only (rpc://) or nowhere, the worker that skips the
-        // task reports REVOKED itself.
-        if terminate.is_some() || !backend.keeps_results() {
+        // A running task keeps its state until the worker ends it; with `terminate` the
+        // worker running it records `terminated`, so nothing is written here. Where results
+        // go to the sender only (rpc://) or nowhere, the worker that skips the task reports
+        // REVOKED itself.
+        if terminate.is_some() {
             return Ok(());
         }
+        let backend = self.backend().await?;
         for id in task_ids {
-            let state = backend
-                .get(id)
-                .await?
-                .map(|m| m.status)
-                .unwrap_or(TaskState::Pending);
-            if matches!(
-                state,
-                TaskState::Pending | TaskState::Received | TaskState::Retry | TaskState::Rejected
-            ) {
-                let mut meta = TaskMeta::pending(id.clone());
-                meta.status = TaskState::Revoked;
-                meta.result = ExceptionInfo::new("TaskRevokedError", "revoked").to_value();
-                meta.children = None;
-                meta.date_done = Some(chrono::Utc::now());
-                backend
-                    .store(&meta, self.inner.config.result_expires)
-                    .await?;
-            }
+            mark_revoked_if_not_started(&*backend, id, self.inner.config.result_expires).await?;
         }
         Ok(())
     }

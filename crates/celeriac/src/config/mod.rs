@@ -72,6 +72,12 @@ pub struct Config {
     pub task_time_limit: Option<Duration>,
     /// `task_soft_time_limit`.
     pub task_soft_time_limit: Option<Duration>,
+    /// `worker_send_task_events` (`-E`): workers send task events for monitors (Flower).
+    pub worker_send_task_events: bool,
+    /// `task_send_sent_event`: clients send a `task-sent` event for every task they send.
+    pub task_send_sent_event: bool,
+    /// `worker_enable_remote_control`: workers answer `inspect` / `control` (on by default).
+    pub worker_enable_remote_control: bool,
 }
 
 impl Default for Config {
@@ -95,6 +101,9 @@ impl Default for Config {
             worker_max_memory_per_child: None,
             task_time_limit: None,
             task_soft_time_limit: None,
+            worker_send_task_events: false,
+            task_send_sent_event: false,
+            worker_enable_remote_control: true,
         }
     }
 }

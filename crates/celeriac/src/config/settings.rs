@@ -46,6 +46,7 @@ pub(super) const SETTINGS: &[(&str, Kind)] = &[
     ("task_ignore_result", Kind::Bool),
     ("task_time_limit", Kind::Seconds),
     ("task_soft_time_limit", Kind::Seconds),
+    ("task_send_sent_event", Kind::Bool),
     ("timezone", Kind::Text),
     ("worker_concurrency", Kind::Count),
     ("worker_prefetch_multiplier", Kind::Count),
@@ -53,6 +54,8 @@ pub(super) const SETTINGS: &[(&str, Kind)] = &[
     ("worker_pool", Kind::Text),
     ("worker_max_tasks_per_child", Kind::Count),
     ("worker_max_memory_per_child", Kind::Count),
+    ("worker_send_task_events", Kind::Bool),
+    ("worker_enable_remote_control", Kind::Bool),
 ];
 
 /// The names of every setting a file or the environment may set.
@@ -130,6 +133,7 @@ pub(super) fn settings_of(config: &Config) -> Map<String, Value> {
     if let Some(d) = config.task_soft_time_limit {
         put("task_soft_time_limit", seconds_value(d));
     }
+    put("task_send_sent_event", config.task_send_sent_event.into());
     put("timezone", config.timezone.clone().into());
     if let Some(n) = config.worker_concurrency {
         put("worker_concurrency", n.into());
@@ -149,6 +153,14 @@ pub(super) fn settings_of(config: &Config) -> Map<String, Value> {
     if let Some(n) = config.worker_max_memory_per_child {
         put("worker_max_memory_per_child", n.into());
     }
+    put(
+        "worker_send_task_events",
+        config.worker_send_task_events.into(),
+    );
+    put(
+        "worker_enable_remote_control",
+        config.worker_enable_remote_control.into(),
+    );
     s
 }
 
@@ -183,6 +195,9 @@ pub(super) struct Extracted {
     pub worker_pool: String,
     pub worker_max_tasks_per_child: Option<u64>,
     pub worker_max_memory_per_child: Option<u64>,
+    pub worker_send_task_events: bool,
+    pub task_send_sent_event: bool,
+    pub worker_enable_remote_control: bool,
 }
 
 /// A value that deserialized but means nothing.
@@ -231,6 +246,9 @@ impl Extracted {
             worker_max_memory_per_child: self.worker_max_memory_per_child.filter(|n| *n > 0),
             task_time_limit: limit("task_time_limit", self.task_time_limit)?,
             task_soft_time_limit: limit("task_soft_time_limit", self.task_soft_time_limit)?,
+            worker_send_task_events: self.worker_send_task_events,
+            task_send_sent_event: self.task_send_sent_event,
+            worker_enable_remote_control: self.worker_enable_remote_control,
         })
     }
 }
