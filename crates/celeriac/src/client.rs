@@ -278,6 +278,7 @@ async fn send_all(app: &App, publishes: Vec<Publish>) -> Result<(), Error> {
     };
     emit(false);
     announce(app, &publishes).await?;
+    let sent_events = crate::sent_events::task_sent_events(app, &publishes);
     let broker = app.broker().await?;
     if publishes.len() == 1 {
         let publish = publishes.into_iter().next().expect("one publish");
@@ -286,6 +287,7 @@ async fn send_all(app: &App, publishes: Vec<Publish>) -> Result<(), Error> {
         broker.publish_batch(publishes).await?;
     }
     emit(true);
+    crate::sent_events::send_task_sent(app, sent_events).await;
     Ok(())
 }
 

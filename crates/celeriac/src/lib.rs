@@ -36,6 +36,7 @@ mod config;
 mod connect;
 mod error;
 mod result;
+mod sent_events;
 
 pub use app::{App, AppBuilder};
 pub use client::{Call, CallOptions, Signature};
