@@ -1,6 +1,7 @@
 //! RabbitMQ end to end: interop with real Python Celery 5.7, both directions, results through
-//! the Redis backend, using the demo app (examples/demo) and its Python twin
-//! (tests/interop/pyapp.py); and celeriac worker processes through revokes and network cuts.
+//! the Redis backend or rpc://, using the demo app (examples/demo) and its Python twin
+//! (tests/interop/pyapp.py): tasks, remote control (`inspect`) and events; and celeriac
+//! worker processes through revokes and network cuts.
 //!
 //! Needs `CELERIAC_TEST_AMQP_URL` and `CELERIAC_TEST_REDIS_URL` (skipped with a message when
 //! either is unset), `rabbitmqctl` (each test gets its own vhost), and the interop Python.
@@ -12,6 +13,8 @@ use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use celeriac::core::control::{ControlRequest, ReplyAddress};
+use celeriac::serde_json::{json, Value};
 use celeriac::{ResultError, TaskState};
 use celeriac_demo::{add, echo, sleep};
 use celeriac_testkit::rabbitmq::{rabbitmqctl, TestVhost};
@@ -337,5 +340,220 @@ async fn rpc_results_both_directions() {
         "{stderr}"
     );
     app.close().await.unwrap();
+    drop(worker.stop());
+}
+
+/// A celeriac worker on the test's vhost named `node`, consuming `queue` (`-c 2`, `extra`
+/// flags), once its log shows `ready`.
+fn named_worker(e: &Env, node: &str, queue: &str, extra: &[&str], ready: &str) -> Proc {
+    let mut cmd = std::process::Command::new(DEMO);
+    cmd.args(["worker", "-l", "info", "-c", "2", "-n", node, "-Q", queue])
+        .args(extra)
+        .env("CELERIAC_BROKER_URL", &e.broker)
+        .env("CELERIAC_RESULT_BACKEND", &e.backend)
+        .env("NO_COLOR", "1");
+    Proc::spawn(cmd, ready)
+}
+
+/// Runs a script of `tests/interop` and parses the JSON line it prints last.
+fn interop_script(e: &Env, script: &str, args: &[&str]) -> Value {
+    let out = std::process::Command::new(python())
+        .arg(script)
+        .args(args)
+        .current_dir(interop_dir())
+        .env("CELERIAC_INTEROP_BROKER", &e.broker)
+        .env("CELERIAC_INTEROP_BACKEND", &e.backend)
+        .output()
+        .expect("the script runs");
+    assert!(
+        out.status.success(),
+        "{script} {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    celeriac::serde_json::from_str(text.lines().last().unwrap_or(""))
+        .unwrap_or_else(|err| panic!("{script} printed {text:?}: {err}"))
+}
+
+/// Runs the demo binary's remote-control or events verb (the `celeriac` binary's) and parses
+/// its standard output as one JSON value.
+fn cli_json(e: &Env, args: &[&str]) -> Value {
+    let out = std::process::Command::new(DEMO)
+        .args(args)
+        .env("CELERIAC_BROKER_URL", &e.broker)
+        .env("CELERIAC_RESULT_BACKEND", &e.backend)
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("the demo binary runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    celeriac::serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|err| panic!("{args:?} printed {stdout:?}: {err}"))
+}
+
+/// `inspect ping --json` and `inspect registered --json` against `node`.
+fn celeriac_cli_inspects(e: &Env, node: &str) {
+    let ping = cli_json(e, &["inspect", "ping", "-d", node, "-t", "5", "--json"]);
+    assert_eq!(ping, json!({ node: {"ok": "pong"} }));
+    let registered = cli_json(
+        e,
+        &["inspect", "registered", "-d", node, "-t", "5", "--json"],
+    );
+    let names = registered[node]
+        .as_array()
+        .unwrap_or_else(|| panic!("{registered}"));
+    assert!(
+        names.contains(&json!("tasks.add")) && names.contains(&json!("tasks.sleep")),
+        "{registered}"
+    );
+}
+
+/// Python Celery 5.7's `app.control.inspect()` against a celeriac worker on RabbitMQ (its
+/// mailbox `<node>.celery.pidbox`): ping, registered (plain and with attributes), stats,
+/// clock, revoked, active_queues, `broadcast()` of an unknown command and `ping()` to
+/// everyone; celeriac's own `Mailbox::broadcast`; and the celeriac CLI against the celeriac
+/// worker and against a Python worker. Results through rpc://.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_inspects_a_celeriac_worker_on_rabbitmq() {
+    let Some((e, _vhost)) = rpc_env("inspect", "rpc://") else {
+        return;
+    };
+    let (node, queue) = ("inspect@interop", "inspect");
+    let worker = named_worker(&e, node, queue, &[], "remote control: listening");
+    let r = interop_script(&e, "control.py", &[node, "5"]);
+    assert_eq!(r["ping"], json!({ node: {"ok": "pong"} }), "{r}");
+    let registered = r["registered"][node].as_array().expect("registered");
+    assert!(registered.contains(&json!("tasks.add")), "{r}");
+    assert!(
+        r["registered_items"][node]
+            .as_array()
+            .unwrap()
+            .contains(&json!("tasks.sleep [acks_late=True max_retries=3]")),
+        "{r}"
+    );
+    let stats = &r["stats"][node];
+    assert_eq!(stats["pool"]["max-concurrency"], json!(2), "{r}");
+    assert!(
+        stats["pid"].as_u64().is_some() && stats["clock"].is_string(),
+        "{r}"
+    );
+    assert!(r["clock"][node]["clock"].as_u64().is_some(), "{r}");
+    assert!(r["revoked"][node].is_array(), "{r}");
+    let active_queues = r["active_queues"][node].as_array().expect("active_queues");
+    assert_eq!(active_queues.len(), 1, "{r}");
+    assert_eq!(active_queues[0]["name"], json!(queue), "{r}");
+    assert_eq!(active_queues[0]["exchange"]["type"], json!("direct"), "{r}");
+    assert_eq!(
+        r["unknown"],
+        json!([{ node: {"error": "KeyError('no_such_command')"} }]),
+        "{r}"
+    );
+    assert_eq!(r["everyone"], json!([{ node: {"ok": "pong"} }]), "{r}");
+
+    // celeriac's own caller, through the broker's mailbox, gets the same reply.
+    let app = celeriac_demo::app().reconfigured(|c| c.broker_url = Some(e.broker.clone()));
+    let broker = app.broker().await.unwrap();
+    let request = ControlRequest {
+        method: "ping".into(),
+        arguments: Default::default(),
+        destination: Some(vec![node.to_string()]),
+        pattern: None,
+        matcher: None,
+        ticket: Some(celeriac::core::message::new_id()),
+        reply_to: Some(ReplyAddress {
+            exchange: "reply.celery.pidbox".into(),
+            routing_key: celeriac::core::message::new_id(),
+        }),
+        clock: 0,
+    };
+    let mailbox = broker.mailbox().expect("RabbitMQ has remote control");
+    let replies = mailbox
+        .broadcast(&request, Duration::from_secs(5), Some(1))
+        .await
+        .unwrap();
+    assert_eq!(replies, vec![json!({ node: {"ok": "pong"} })]);
+    app.close().await.unwrap();
+
+    celeriac_cli_inspects(&e, node);
+    drop(worker.stop());
+
+    // The same verbs against a Python worker.
+    let python = python_worker(&e, queue, "3600");
+    celeriac_cli_inspects(&e, "py@interop");
+    drop(python.stop());
+}
+
+/// A celeriac worker started with `-E` on RabbitMQ, watched by Python Celery's
+/// `app.events.Receiver` (its own `celeryev.<uuid>` queue bound with `#`): heartbeats and
+/// the task events arrive with Celery's fields, and Celery's own state machine (Flower's)
+/// sees the tasks SUCCESS and FAILURE and the worker alive; celeriac's `events --dump` sees
+/// the stream too. Results through rpc://.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_receives_the_events_of_a_celeriac_worker_on_rabbitmq() {
+    let Some((e, _vhost)) = rpc_env("events", "rpc://") else {
+        return;
+    };
+    let (node, queue) = ("events@interop", "events");
+    let worker = named_worker(&e, node, queue, &["-E"], "worker ready");
+    let r = interop_script(&e, "events.py", &[node, queue]);
+    let events = r["events"].as_array().expect("events");
+    let of = |kind: &str| events.iter().find(|e| e["type"] == json!(kind)).cloned();
+    let heartbeat = of("worker-heartbeat").unwrap_or_else(|| panic!("no heartbeat: {r}"));
+    assert_eq!(heartbeat["freq"], json!(2.0), "{heartbeat}");
+    assert!(
+        heartbeat["loadavg"]
+            .as_array()
+            .is_some_and(|l| l.len() == 3),
+        "{heartbeat}"
+    );
+    for field in [
+        "timestamp",
+        "utcoffset",
+        "pid",
+        "clock",
+        "active",
+        "processed",
+    ] {
+        assert!(!heartbeat[field].is_null(), "{field} missing: {heartbeat}");
+    }
+    let ids = r["ids"].as_array().unwrap();
+    let received = of("task-received").unwrap_or_else(|| panic!("no task-received: {r}"));
+    assert!(ids.contains(&received["uuid"]), "{received}");
+    assert!(of("task-started").is_some(), "no task-started: {r}");
+    let succeeded = of("task-succeeded").unwrap_or_else(|| panic!("no task-succeeded: {r}"));
+    assert_eq!(
+        (&succeeded["uuid"], &succeeded["result"]),
+        (&ids[0], &json!("5")),
+        "{succeeded}"
+    );
+    assert!(succeeded["runtime"].as_f64().is_some(), "{succeeded}");
+    let failed = of("task-failed").unwrap_or_else(|| panic!("no task-failed: {r}"));
+    assert_eq!(failed["uuid"], ids[1], "{failed}");
+    assert_eq!(failed["exception"], json!("ValueError('boom')"), "{failed}");
+    let state = |i: usize| r["states"][ids[i].as_str().unwrap()].clone();
+    assert_eq!(
+        (state(0), state(1)),
+        (json!("SUCCESS"), json!("FAILURE")),
+        "{r}"
+    );
+    assert_eq!(
+        r["task_names"][ids[0].as_str().unwrap()],
+        json!("tasks.add"),
+        "{r}"
+    );
+    assert_eq!(r["worker_alive"], json!(true), "{r}");
+
+    // The `events` verb sees the same stream: the next heartbeat, as JSON.
+    let first = cli_json(&e, &["events", "--dump", "--count", "1", "--timeout", "10"]);
+    assert!(
+        first["type"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("worker-")),
+        "{first}"
+    );
     drop(worker.stop());
 }

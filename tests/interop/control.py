@@ -57,6 +57,7 @@ def main():
         "stats": inspect.stats(),
         "clock": inspect.clock(),
         "revoked": inspect.revoked(),
+        "active_queues": inspect.active_queues(),
         "unknown": app.control.broadcast(
             "no_such_command", reply=True, timeout=timeout, destination=[node], limit=1
         ),
