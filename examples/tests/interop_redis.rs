@@ -222,6 +222,52 @@ async fn python_inspects_a_celeriac_worker() {
     drop(python.stop());
 }
 
+/// Python Celery's control commands that change a celeriac worker: `add_consumer` (a task
+/// on the new queue runs), `cancel_consumer`, `revoke` of a queued task (REVOKED at once),
+/// `revoke(terminate=True)` of a running one (REVOKED), and `shutdown` (the worker exits).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_controls_a_celeriac_worker() {
+    let Some(db1) = worker_on_db1(
+        "python_controls_a_celeriac_worker",
+        "consumers",
+        &[],
+        "remote control: listening",
+    ) else {
+        return;
+    };
+    let (e, node, queue, mut worker) = (db1.env, db1.node, db1.queue, db1.worker);
+    let extra = format!("{queue}-extra");
+    let r = control_py_script(&e, "consumers.py", &[&node, &queue, &extra]);
+    let reply = |key: &str| r[key][0][node.as_str()].clone();
+    assert_eq!(
+        reply("add_consumer"),
+        json!({"ok": format!("add consumer {extra}")}),
+        "{r}"
+    );
+    assert_eq!(r["extra_result"], json!(5), "{r}");
+    assert_eq!(r["queues_after_add"], json!([queue, extra]), "{r}");
+    assert_eq!(
+        reply("cancel_consumer"),
+        json!({"ok": format!("no longer consuming from {extra}")}),
+        "{r}"
+    );
+    assert_eq!(r["queues_after_cancel"], json!([queue]), "{r}");
+    let later = r["later"]["id"].as_str().unwrap();
+    assert_eq!(
+        reply("revoke_reply"),
+        json!({"ok": format!("tasks {{'{later}'}} flagged as revoked")}),
+        "{r}"
+    );
+    assert_eq!(r["later"]["state"], json!("REVOKED"), "{r}");
+    assert_eq!(r["terminated"]["state"], json!("REVOKED"), "{r}");
+    assert_eq!(r["terminated_raises"], json!("TaskRevokedError"), "{r}");
+    let revoked = r["revoked"].as_array().unwrap();
+    assert!(revoked.contains(&r["terminated"]["id"]), "{r}");
+    assert!(worker.wait_exit().success(), "shutdown is a clean exit");
+    let log = worker.lines().join("\n");
+    assert!(log.contains("remote control: shutdown requested"), "{log}");
+}
+
 /// Runs the demo binary's remote-control verbs (the same as the `celeriac` binary's) and
 /// returns their standard output.
 fn cli_remote(e: &Env, args: &[&str]) -> String {
@@ -268,6 +314,55 @@ fn celeriac_cli_inspects_and_controls(e: &Env, node: &str) {
         ],
     );
     assert!(text.contains("new rate limit set successfully"), "{text}");
+    let queue = format!("cli-added-{}", std::process::id());
+    for (verb, reply) in [
+        ("add_consumer", format!("add consumer {queue}")),
+        (
+            "cancel_consumer",
+            format!("no longer consuming from {queue}"),
+        ),
+    ] {
+        let text = cli_remote(e, &["control", verb, &queue, "-d", node, "-t", "5"]);
+        assert!(text.contains(&reply), "{verb}: {text}");
+    }
+}
+
+/// Flower's control endpoints act on the celeriac worker and report its replies.
+fn flower_controls_the_worker(r: &Value, node: &str, extra: &str) {
+    let body = |key: &str| {
+        assert_eq!(r[key]["status"], json!(200), "{key}: {r}");
+        celeriac::serde_json::from_str::<Value>(r[key]["body"].as_str().unwrap())
+            .unwrap_or_else(|_| panic!("{key} answered JSON: {r}"))
+    };
+    assert_eq!(
+        body("grow")["message"],
+        json!(format!("Growing '{node}' worker's pool by 1")),
+        "{r}"
+    );
+    assert_eq!(
+        body("shrink")["message"],
+        json!(format!("Shrinking '{node}' worker's pool by 1")),
+        "{r}"
+    );
+    assert_eq!(
+        body("add_consumer")["message"],
+        json!(format!("add consumer {extra}")),
+        "{r}"
+    );
+    assert_eq!(r["extra_result"], json!(3), "{r}");
+    assert_eq!(
+        body("cancel_consumer")["message"],
+        json!(format!("no longer consuming from {extra}")),
+        "{r}"
+    );
+    assert_eq!(
+        body("rate_limit")["message"],
+        json!("new rate limit set successfully"),
+        "{r}"
+    );
+    assert_eq!(r["revoke"]["status"], json!(200), "{r}");
+    assert_eq!(r["revoked_state"], json!("REVOKED"), "{r}");
+    assert_eq!(r["revoked_raises"], json!("TaskRevokedError"), "{r}");
 }
 
 /// A celeriac worker on Redis database 1, which the remote-control, events and Flower tests
@@ -501,7 +596,8 @@ async fn flower_sees_a_celeriac_worker_and_its_tasks() {
         .env("CELERIAC_INTEROP_BACKEND", &e.backend)
         .env("FLOWER_UNAUTHENTICATED_API", "true");
     let flower = Proc::spawn(flower, "Visit me at");
-    let r = control_py_script(&e, "flower_api.py", &[&port, &node, &queue]);
+    let extra = format!("{queue}-extra");
+    let r = control_py_script(&e, "flower_api.py", &[&port, &node, &queue, &extra]);
     let listed = &r["workers"][node.as_str()];
     assert!(listed.is_object(), "Flower lists the worker: {r}");
     assert_eq!(listed["stats"]["pool"]["max-concurrency"], json!(2), "{r}");
@@ -515,6 +611,7 @@ async fn flower_sees_a_celeriac_worker_and_its_tasks() {
     assert_eq!(r["task"]["name"], json!("tasks.add"), "{r}");
     assert_eq!(r["task"]["worker"], json!(node), "{r}");
     assert_eq!(r["task"]["result"], json!("42"), "{r}");
+    flower_controls_the_worker(&r, &node, &extra);
     drop(flower.stop());
     drop(worker.stop());
 }

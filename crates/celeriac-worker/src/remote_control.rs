@@ -47,6 +47,9 @@ impl Shared {
             "cancel_consumer" => self.cancel_consumer(request).await,
             "revoke" => self.remote_revoke(request, false).await,
             "terminate" => self.remote_revoke(request, true).await,
+            // Celery's default (`worker_pool_restarts = False`): a Rust worker has no modules
+            // to reload, so there is nothing a restart would change.
+            "pool_restart" => error("ValueError('Pool restarts not enabled')"),
             "enable_events" => self.set_task_events(true),
             "disable_events" => self.set_task_events(false),
             "shutdown" => {
