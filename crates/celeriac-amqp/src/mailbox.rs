@@ -278,6 +278,8 @@ impl Mailbox for AmqpBroker {
     ) -> Result<Vec<Value>, BrokerError> {
         let body = request.to_body();
         let ttl = timeout.as_secs_f64();
+        // The request's clock is the caller's: the published one comes after it.
+        self.session.observe_clock(request.clock);
         let (Some(ticket), Some(to)) = (&request.ticket, &request.reply_to) else {
             publish_request(&self.session, &body, ttl).await?;
             return Ok(Vec::new());
