@@ -14,10 +14,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use chrono::Utc;
 use futures_core::Stream;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicQosOptions, BasicRejectOptions,
-};
-use lapin::types::FieldTable;
+use lapin::options::{BasicAckOptions, BasicGetOptions, BasicQosOptions, BasicRejectOptions};
 use lapin::{BasicProperties, Channel, Connection};
 use serde_json::Value;
 use tokio::sync::Notify;
@@ -28,10 +25,12 @@ use celeriac_core::{BrokerError, ErrorKind};
 
 use crate::codec::{parse_time, properties_for, raw_message};
 use crate::session::{
-    connect, dead_letter_outgoing, delay_seconds, is_refusal, unreachable, Declare, OutProps,
-    Outgoing, Session,
+    connect, dead_letter_outgoing, delay_seconds, unreachable, Declare, OutProps, Outgoing, Session,
 };
 use crate::topology::{self, DELAY_BITS};
+
+mod queues;
+use queues::QueueList;
 
 /// How often an idle pull-mode (`prefetch == 0`) consumer asks again.
 const GET_POLL: Duration = Duration::from_millis(50);
@@ -42,7 +41,8 @@ pub struct AmqpConsumer {
 
 pub(crate) struct Core {
     session: Arc<Session>,
-    queues: Vec<String>,
+    /// Changed by `add_queue` / `cancel_queue` (`consumer/queues.rs`).
+    queues: Mutex<QueueList>,
     name: String,
     prefetch: u16,
     st: Mutex<St>,
@@ -103,7 +103,7 @@ impl Core {
     }
 
     pub(crate) fn held_in(&self, queue: &str) -> u64 {
-        let Some(qi) = self.queues.iter().position(|q| q == queue) else {
+        let Some(qi) = self.queue_list().index_of(queue) else {
             return 0;
         };
         self.lock().held.values().filter(|h| h.queue == qi).count() as u64
@@ -147,7 +147,8 @@ impl Core {
         props: BasicProperties,
         data: Vec<u8>,
     ) {
-        let queue = self.queues[qi].as_str();
+        let queue = self.queue_list().name(qi).to_string();
+        let queue = queue.as_str();
         {
             let mut st = self.lock();
             if st.gen != gen || st.closed {
@@ -231,7 +232,7 @@ impl Core {
                             "RabbitMQ at {} reachable again: consumer {} consuming {:?}",
                             core.session.url.place(),
                             core.name,
-                            core.queues
+                            core.queue_list().active()
                         );
                     }
                 }
@@ -256,22 +257,9 @@ impl Core {
         let conn = Arc::new(conn);
         let fail = |e: lapin::Error| unreachable(url, e);
         let ch = conn.create_channel().await.map_err(fail)?;
-        for q in &self.queues {
-            let declared = async {
-                topology::declare_task_queue(&ch, url, q).await?;
-                topology::bind_delayed_delivery(&ch, q).await
-            };
-            if let Err(e) = declared.await {
-                return Err(if is_refusal(&e) {
-                    BrokerError::new(
-                        ErrorKind::InvalidConfig,
-                        format!("queue {q:?} exists with other arguments than celeriac's: {e}"),
-                    )
-                } else {
-                    fail(e)
-                });
-            }
-            self.session.remember(q);
+        let active = self.queue_list().active();
+        for (_, q, _) in &active {
+            self.declare_on(&ch, q).await?;
         }
         // New generation: anything of the old one is stale from here on.
         let gen = {
@@ -282,33 +270,24 @@ impl Core {
             st.held.clear();
             st.gen
         };
+        let link = CLink { conn, ch };
         if self.prefetch > 0 {
             // Celery asks for channel-wide prefetch on RabbitMQ's classic queues; quorum
             // queues do not support global QoS.
-            ch.basic_qos(
-                self.prefetch,
-                BasicQosOptions {
-                    global: !url.quorum,
-                },
-            )
-            .await
-            .map_err(fail)?;
-            for (i, q) in self.queues.iter().enumerate() {
-                let consumer = ch
-                    .basic_consume(
-                        q.as_str().into(),
-                        format!("celeriac-{}-{gen}-{i}", self.name).into(),
-                        BasicConsumeOptions::default(),
-                        FieldTable::default(),
-                    )
-                    .await
-                    .map_err(fail)?;
-                let core = self.clone();
-                let ch2 = ch.clone();
-                tokio::spawn(async move { core.pump(consumer, ch2, gen, i).await });
+            link.ch
+                .basic_qos(
+                    self.prefetch,
+                    BasicQosOptions {
+                        global: !url.quorum,
+                    },
+                )
+                .await
+                .map_err(fail)?;
+            for (index, _, epoch) in active {
+                self.consume(&link, gen, index, epoch).await?;
             }
         }
-        Ok((CLink { conn, ch }, gen))
+        Ok((link, gen))
     }
 
     async fn pump(
@@ -317,6 +296,7 @@ impl Core {
         ch: Channel,
         gen: u64,
         qi: usize,
+        epoch: u64,
     ) {
         loop {
             let next = std::future::poll_fn(|cx| Pin::new(&mut consumer).poll_next(cx)).await;
@@ -334,11 +314,18 @@ impl Core {
                     .await
                 }
                 Some(Err(e)) => {
-                    debug!("consumer stream of {} failed: {e}", self.queues[qi]);
+                    debug!(
+                        "consumer stream of {} failed: {e}",
+                        self.queue_list().name(qi)
+                    );
                     break;
                 }
                 None => break,
             }
+        }
+        if !self.queue_list().is_current(qi, epoch) {
+            // Cancelled (`cancel_queue`): the channel and the other queues carry on.
+            return;
         }
         self.kill(gen);
     }
@@ -356,8 +343,20 @@ impl Core {
             (link, st.gen, st.rr)
         };
         let core = self.clone();
+        // (index, name) of the queues consumed when this round starts.
+        let queues: Vec<(usize, String)> = self
+            .queue_list()
+            .active()
+            .into_iter()
+            .map(|(index, name, _)| (index, name))
+            .collect();
         tokio::spawn(async move {
-            let n = core.queues.len();
+            let n = queues.len();
+            if n == 0 {
+                core.lock().getting = false;
+                core.notify.notify_one();
+                return;
+            }
             let mut got = 0;
             let mut empty = vec![false; n];
             let mut i = start;
@@ -367,7 +366,7 @@ impl Core {
                 if empty[k] {
                     continue;
                 }
-                let q = &core.queues[k];
+                let (index, q) = &queues[k];
                 match link
                     .ch
                     .basic_get(q.as_str().into(), BasicGetOptions { no_ack: false })
@@ -378,7 +377,7 @@ impl Core {
                         core.accept(
                             &link.ch,
                             gen,
-                            k,
+                            *index,
                             d.delivery_tag,
                             d.redelivered,
                             d.properties,
@@ -466,7 +465,7 @@ impl AmqpConsumer {
         }
         let core = Arc::new(Core {
             session,
-            queues: spec.queues.clone(),
+            queues: Mutex::new(QueueList::new(&spec.queues)),
             name: spec.name.clone(),
             prefetch: spec.prefetch.min(usize::from(u16::MAX)) as u16,
             st: Mutex::new(St {
@@ -611,7 +610,7 @@ impl Consumer for AmqpConsumer {
                 .and_then(|(_, t)| st.held.get(&t))
                 .map(|h| {
                     (
-                        self.core.queues[h.queue].clone(),
+                        self.core.queue_list().name(h.queue).to_string(),
                         raw_message(&h.props, h.body.clone()),
                     )
                 })
@@ -635,6 +634,10 @@ impl Consumer for AmqpConsumer {
 
     fn keepalive_interval(&self) -> Duration {
         Duration::from_secs(60)
+    }
+
+    fn queue_set(&self) -> Option<&dyn celeriac_core::broker::QueueSet> {
+        Some(self)
     }
 
     async fn close(&self) -> Result<(), BrokerError> {

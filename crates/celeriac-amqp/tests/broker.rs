@@ -787,3 +787,50 @@ async fn fire_and_forget_publishes_arrive_once_closed() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Push mode (`basic.consume`, as a worker consumes): an added queue gets its own consumer
+/// on the live channel, a cancelled one its `basic.cancel`, and the channel (with the other
+/// queues and the deliveries in hand) carries on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_consumer_adds_and_cancels_queues_on_its_channel() {
+    let Some(base) = base_url() else { return };
+    let vh = Vhost::new(&base);
+    let b = AmqpBroker::open(&vh.url).await.expect("open");
+    let (qa, qb) = (unique("a"), unique("b"));
+    let c = consumer(&b, &qa, 10).await;
+    let set = c
+        .queue_set()
+        .expect("RabbitMQ consumers change their queues");
+    assert!(set.add_queue(&qb).await.unwrap());
+    assert!(!set.add_queue(&qb).await.unwrap(), "already consumed");
+    b.publish(publish(&qb, "b1")).await.unwrap();
+    let got = c.fetch(1, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(ids(&got), ["b1"]);
+    assert_eq!(got[0].queue, qb);
+
+    assert!(set.cancel_queue(&qb).await.unwrap());
+    assert_eq!(set.queues(), vec![qa.clone()]);
+    b.publish(publish(&qb, "b2")).await.unwrap();
+    b.publish(publish(&qa, "a1")).await.unwrap();
+    let got_a = c.fetch(1, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(ids(&got_a), ["a1"], "the other queue is still consumed");
+    assert!(
+        c.fetch(5, Duration::from_millis(500))
+            .await
+            .unwrap()
+            .is_empty(),
+        "nothing from the cancelled queue"
+    );
+    assert_eq!(ready_count(&b, &qb).await, 1, "b2 waits in its queue");
+    // The delivery taken before the cancel is still settled on the same channel.
+    c.ack(&[got[0].tag.clone(), got_a[0].tag.clone()])
+        .await
+        .unwrap();
+
+    assert!(set.add_queue(&qb).await.unwrap(), "added again");
+    let again = c.fetch(1, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(ids(&again), ["b2"]);
+    c.ack(&[again[0].tag.clone()]).await.unwrap();
+    c.close().await.unwrap();
+    assert_eq!(ready_count(&b, &qb).await, 0, "acked, not redelivered");
+}
