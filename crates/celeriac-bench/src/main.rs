@@ -7,6 +7,12 @@
 //!
 //! The worker is this same binary run as `celeriac-bench worker ...` (the bench's tasks live
 //! here), so the figures are for a separate worker process, as in production.
+//!
+//! `--events`: the worker sends task events (`-E`) and the bench receives them while it
+//! drains, as a monitor such as Flower would. `--control-load N`: N idle workers answer
+//! remote control instead (`control_load.rs`).
+
+mod control_load;
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -70,6 +76,13 @@ struct Opts {
     /// Worker prefetch multiplier (messages reserved per pool slot).
     #[arg(long = "prefetch-multiplier", default_value_t = 4)]
     prefetch_multiplier: usize,
+    /// The worker sends task events (`-E`), received here during the drain.
+    #[arg(long)]
+    events: bool,
+    /// Instead of the task phases: start this many idle workers and measure remote control
+    /// (ping and stats round trips) and the CPU their heartbeats cost.
+    #[arg(long = "control-load", value_name = "WORKERS")]
+    control_load: Option<usize>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -134,6 +147,14 @@ async fn bench(opts: Opts) -> Result<(), Box<dyn std::error::Error>> {
         purge.purge("celery").await?;
     }
     println!("broker: {}", broker.display_url());
+    if let Some(n) = opts.control_load {
+        let mut workers = (0..n)
+            .map(|i| spawn_worker(&url, &backend, &opts, &format!("load{i}@localhost"), 2))
+            .collect::<std::io::Result<Vec<_>>>()?;
+        let measured = control_load::run(&app, &mut workers).await;
+        workers.iter_mut().for_each(stop);
+        return measured;
+    }
     println!("tasks per enqueue phase: {}", opts.n);
 
     // 1. Enqueue, one apply_async per task: from one sequential producer (bound by the
@@ -186,7 +207,11 @@ async fn bench(opts: Opts) -> Result<(), Box<dyn std::error::Error>> {
     // 3. Drain: one worker process, acks and results included.
     let total = (sequential + sent + opts.n) as u64;
     let started = Instant::now();
-    let mut worker = spawn_worker(&url, &backend, &opts)?;
+    let monitor = match opts.events {
+        true => Some(count_events(&app).await?),
+        false => None,
+    };
+    let mut worker = spawn_worker(&url, &backend, &opts, "bench@localhost", opts.concurrency)?;
     wait_drained(&app).await?;
     // Push-based brokers hand the worker its window before the queue reads empty: the drain
     // ends when the last task sent has finished.
@@ -195,9 +220,16 @@ async fn bench(opts: Opts) -> Result<(), Box<dyn std::error::Error>> {
     }
     let drain = total as f64 / started.elapsed().as_secs_f64();
     println!(
-        "drain ({total} tasks, 1 worker process, -P {} -c {} --prefetch-multiplier {}): {drain:>10.0} tasks/s (incl. process start)",
-        opts.pool, opts.concurrency, opts.prefetch_multiplier
+        "drain ({total} tasks, 1 worker process, -P {} -c {} --prefetch-multiplier {}{}): {drain:>10.0} tasks/s (incl. process start)",
+        opts.pool,
+        opts.concurrency,
+        opts.prefetch_multiplier,
+        if opts.events { " -E" } else { "" }
     );
+    if let Some(monitor) = monitor {
+        let seen = monitor.load(std::sync::atomic::Ordering::Relaxed);
+        println!("task events received during the drain: {seen}");
+    }
     let rss_after_drain = peak_rss_kib(worker.id());
     for child in pool_children(worker.id()) {
         println!(
@@ -240,22 +272,53 @@ async fn bench(opts: Opts) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-fn spawn_worker(url: &str, backend: &str, opts: &Opts) -> std::io::Result<Child> {
-    Command::new(std::env::current_exe()?)
-        .args([
-            "worker",
-            "-l",
-            "warn",
-            "-P",
-            &opts.pool,
-            "-c",
-            &opts.concurrency.to_string(),
-            "--prefetch-multiplier",
-            &opts.prefetch_multiplier.to_string(),
-            "-n",
-            "bench@localhost",
-        ])
-        .env("CELERIAC_BROKER_URL", url)
+/// Receives the broker's events in the background; the count of task events so far.
+async fn count_events(
+    app: &App,
+) -> Result<std::sync::Arc<std::sync::atomic::AtomicU64>, Box<dyn std::error::Error>> {
+    let broker = app.broker().await?;
+    let events = broker.events().ok_or("this broker carries no events")?;
+    let mut stream = events.receive_events().await?;
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counted = count.clone();
+    tokio::spawn(async move {
+        while let Some(event) = stream.next().await {
+            if event["type"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("task-"))
+            {
+                counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    });
+    Ok(count)
+}
+
+fn spawn_worker(
+    url: &str,
+    backend: &str,
+    opts: &Opts,
+    node: &str,
+    concurrency: usize,
+) -> std::io::Result<Child> {
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.args([
+        "worker",
+        "-l",
+        "warn",
+        "-P",
+        &opts.pool,
+        "-c",
+        &concurrency.to_string(),
+        "--prefetch-multiplier",
+        &opts.prefetch_multiplier.to_string(),
+        "-n",
+        node,
+    ]);
+    if opts.events {
+        cmd.arg("-E");
+    }
+    cmd.env("CELERIAC_BROKER_URL", url)
         .env("CELERIAC_RESULT_BACKEND", backend)
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
