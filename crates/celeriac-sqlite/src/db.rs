@@ -1,15 +1,16 @@
 //! Connections: one writer thread doing group commits, a small pool of read connections, and
-//! a watcher thread noticing other processes' commits through `PRAGMA data_version`.
+//! a watcher thread noticing other processes' commits (`signals.rs`).
 
 use std::cell::Cell;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Condvar, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 
+use crate::signals::watch_loop;
+pub(crate) use crate::signals::Signals;
 use crate::sql;
 
 /// Why a database call failed, before it is mapped to a broker or backend error.
@@ -108,117 +109,6 @@ pub(crate) fn migrate(conn: &Connection) -> DbResult<()> {
             let _ = conn.execute_batch(sql::ROLLBACK);
             Err(e)
         }
-    }
-}
-
-// ----------------------------------------------------------------------------------------
-// Change notification
-// ----------------------------------------------------------------------------------------
-
-/// Wakes waiting fetches and result waits: directly after this process's commits, and via
-/// the watcher thread when `PRAGMA data_version` shows another process committed.
-pub(crate) struct Signals {
-    pub messages: watch::Sender<u64>,
-    pub results: watch::Sender<u64>,
-    waiters: AtomicUsize,
-    shutdown: AtomicBool,
-    park: Mutex<()>,
-    unpark: Condvar,
-}
-
-impl Signals {
-    fn new() -> Self {
-        Signals {
-            messages: watch::channel(0).0,
-            results: watch::channel(0).0,
-            waiters: AtomicUsize::new(0),
-            shutdown: AtomicBool::new(false),
-            park: Mutex::new(()),
-            unpark: Condvar::new(),
-        }
-    }
-
-    pub fn bump(&self, wake: Wake) {
-        match wake {
-            Wake::Nothing => {}
-            Wake::Messages => self.messages.send_modify(|v| *v += 1),
-            Wake::Results => self.results.send_modify(|v| *v += 1),
-        }
-    }
-
-    /// Keeps the watcher polling while the guard lives.
-    pub fn waiting(self: &Arc<Self>) -> WaiterGuard {
-        if self.waiters.fetch_add(1, Ordering::SeqCst) == 0 {
-            let _lock = self.park.lock().unwrap_or_else(|e| e.into_inner());
-            self.unpark.notify_all();
-        }
-        WaiterGuard(self.clone())
-    }
-
-    pub fn shutdown(&self) {
-        self.shutdown.store(true, Ordering::SeqCst);
-        let _lock = self.park.lock().unwrap_or_else(|e| e.into_inner());
-        self.unpark.notify_all();
-    }
-}
-
-pub(crate) struct WaiterGuard(Arc<Signals>);
-
-impl Drop for WaiterGuard {
-    fn drop(&mut self) {
-        self.0.waiters.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-/// Polls `PRAGMA data_version` while someone waits: every millisecond while the database is
-/// busy, backing off to 2 ms after 2 s without change and to 5 ms after 30 s. Parks (no CPU)
-/// while nobody waits; on waking it compares with the value seen before parking, so a commit
-/// made while parked is still noticed.
-fn watch_loop(conn: Connection, signals: Arc<Signals>, initial: Option<i64>) {
-    let mut last: Option<i64> = initial;
-    let mut last_change = Instant::now();
-    loop {
-        if signals.shutdown.load(Ordering::SeqCst) {
-            return;
-        }
-        if signals.waiters.load(Ordering::SeqCst) == 0 {
-            let guard = signals.park.lock().unwrap_or_else(|e| e.into_inner());
-            let _guard = signals
-                .unpark
-                .wait_while(guard, |_| {
-                    signals.waiters.load(Ordering::SeqCst) == 0
-                        && !signals.shutdown.load(Ordering::SeqCst)
-                })
-                .unwrap_or_else(|e| e.into_inner());
-            last_change = Instant::now();
-            continue;
-        }
-        let version = conn
-            .prepare_cached(sql::DATA_VERSION)
-            .and_then(|mut s| s.query_row([], |r| r.get::<_, i64>(0)));
-        match version {
-            Ok(v) => {
-                if last.is_some_and(|l| l != v) {
-                    signals.bump(Wake::Messages);
-                    signals.bump(Wake::Results);
-                    last_change = Instant::now();
-                }
-                last = Some(v);
-            }
-            Err(e) => {
-                tracing::debug!("data_version poll failed: {e}");
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-        let idle = last_change.elapsed();
-        let pause = if idle < Duration::from_secs(2) {
-            Duration::from_millis(1)
-        } else if idle < Duration::from_secs(30) {
-            Duration::from_millis(2)
-        } else {
-            Duration::from_millis(5)
-        };
-        std::thread::sleep(pause);
     }
 }
 
@@ -442,9 +332,13 @@ impl Db {
             })
             .map_err(|e| DbError::Corrupt(format!("cannot start the writer thread: {e}")))?;
         let s = signals.clone();
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
         std::thread::Builder::new()
             .name("celeriac-sqlite-watch".into())
-            .spawn(move || watch_loop(watcher, s, Some(initial)))
+            .spawn(move || watch_loop(watcher, s, Some(initial), &dir))
             .map_err(|e| DbError::Corrupt(format!("cannot start the watcher thread: {e}")))?;
 
         Ok(Db {

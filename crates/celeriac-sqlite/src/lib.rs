@@ -48,7 +48,9 @@ mod backend;
 mod broker;
 mod db;
 mod events;
+mod file_events;
 mod mailbox;
+mod signals;
 pub mod sql;
 
 use std::collections::HashSet;
@@ -99,6 +101,9 @@ struct Inner {
     revoked_pruned_at: AtomicI64,
     /// When events were last pruned (ms).
     events_pruned_at: AtomicI64,
+    /// When this process last looked for event monitors (ms), and whether it found one.
+    monitors_checked_at: AtomicI64,
+    monitors_present: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -160,6 +165,8 @@ impl SqliteStore {
                 results_pruned_at: AtomicI64::new(0),
                 revoked_pruned_at: AtomicI64::new(0),
                 events_pruned_at: AtomicI64::new(0),
+                monitors_checked_at: AtomicI64::new(0),
+                monitors_present: std::sync::atomic::AtomicBool::new(false),
             }),
         }))
     }

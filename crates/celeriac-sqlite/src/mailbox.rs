@@ -1,8 +1,10 @@
 //! Remote control on the embedded store: Celery's pidbox broadcast made durable-enough for
 //! every process on the machine. A request is a row of `control_requests`; each worker
 //! reads the rows after its cursor (starting at the newest when it starts listening, as a
-//! fanout subscriber would) every [`POLL`]; a reply is a row of `control_replies` under the
-//! caller's reply key, which the caller takes. Rows older than [`KEEP_MS`] are pruned.
+//! fanout subscriber would) when the store changed (the watcher's wake-up), at most every
+//! [`POLL`] while it is busy and at least every [`IDLE_RECHECK`]; a reply is a row of `control_replies` under the caller's reply
+//! key, which the caller takes every [`POLL`] while it waits. Rows older than [`KEEP_MS`]
+//! are pruned.
 
 use std::time::Duration;
 
@@ -16,13 +18,16 @@ use tracing::warn;
 use crate::db::Wake;
 use crate::{now_ms, sql, SqliteStore};
 
-/// How often a listener or a waiting caller looks for new rows.
+/// How often a waiting caller looks for replies.
 const POLL: Duration = Duration::from_millis(25);
+/// A listener looks again after this long even without a wake-up.
+const IDLE_RECHECK: Duration = Duration::from_secs(1);
 /// Requests and replies are kept this long (a caller waits at most its timeout).
 const KEEP_MS: i64 = 60_000;
 
 struct SqliteInbox {
     store: SqliteStore,
+    changes: tokio::sync::watch::Receiver<u64>,
     cursor: i64,
     pending: std::collections::VecDeque<ControlRequest>,
     failing: bool,
@@ -35,7 +40,12 @@ impl ControlInbox for SqliteInbox {
             if let Some(request) = self.pending.pop_front() {
                 return Some(request);
             }
+            // A busy store changes all the time: look no more often than every POLL.
             tokio::time::sleep(POLL).await;
+            let signals = self.store.db().signals.clone();
+            signals
+                .change_or_timeout(&mut self.changes, IDLE_RECHECK)
+                .await;
             let cursor = self.cursor;
             let read = self
                 .store
@@ -79,6 +89,8 @@ impl ControlInbox for SqliteInbox {
 #[async_trait]
 impl Mailbox for SqliteStore {
     async fn listen(&self, _hostname: &str) -> Result<Box<dyn ControlInbox>, BrokerError> {
+        // Subscribed before the cursor is read: a request committed in between wakes it.
+        let changes = self.db().signals.messages.subscribe();
         let cursor = self
             .db()
             .read(|c| Ok(c.query_row(sql::LAST_CONTROL_SEQ, [], |r| r.get::<_, i64>(0))?))
@@ -86,6 +98,7 @@ impl Mailbox for SqliteStore {
             .map_err(|e| self.broker_err("listen for remote control", e))?;
         Ok(Box::new(SqliteInbox {
             store: self.clone(),
+            changes,
             cursor,
             pending: Default::default(),
             failing: false,
@@ -118,8 +131,9 @@ impl Mailbox for SqliteStore {
     ) -> Result<Vec<Value>, BrokerError> {
         let body = request.to_body().to_string();
         let clock = request.clock as i64;
+        // Wakes this process's listeners; the watcher wakes the other processes'.
         self.db()
-            .write(Wake::Nothing, move |c| {
+            .write(Wake::Messages, move |c| {
                 let now = now_ms();
                 c.prepare_cached(sql::PRUNE_CONTROL_REQUESTS)?
                     .execute(params![now - KEEP_MS])?;

@@ -77,6 +77,8 @@ pub const ROLLBACK_TO: &str = "ROLLBACK TO job";
 ///   caller takes (deletes) them.
 /// - `events`: Celery's events (protocol §7) as JSON, in send order; every monitor reads
 ///   those after its cursor, and rows older than a minute are pruned.
+/// - `event_monitors`: the monitors receiving events, each refreshing its row; while none is
+///   there, senders write no events (as on Redis, events nobody hears are not kept).
 /// - `results`: task meta JSON exactly as Celery writes it, keyed by task id.
 /// - `groups`: a group's member task ids as a JSON array.
 pub const CREATE_SCHEMA: &str = "
@@ -165,6 +167,11 @@ CREATE TABLE IF NOT EXISTS events (
     at   INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_at ON events (at);
+
+CREATE TABLE IF NOT EXISTS event_monitors (
+    id      TEXT PRIMARY KEY,
+    seen_at INTEGER NOT NULL
+) WITHOUT ROWID;
 
 CREATE TABLE IF NOT EXISTS results (
     task_id    TEXT PRIMARY KEY,
@@ -431,6 +438,19 @@ pub const EVENTS_SINCE: &str = "SELECT seq, body FROM events WHERE seq > ?1 ORDE
 
 /// Forgets events sent before ?1 (ms): a monitor that has not read them by then is gone.
 pub const PRUNE_EVENTS: &str = "DELETE FROM events WHERE at < ?1";
+
+/// A monitor ?1 says it is receiving, at ?2 (ms).
+pub const SEEN_MONITOR: &str =
+    "INSERT INTO event_monitors (id, seen_at) VALUES (?1, ?2) ON CONFLICT (id) DO UPDATE SET seen_at = excluded.seen_at";
+
+/// Monitor ?1 stopped receiving.
+pub const DROP_MONITOR: &str = "DELETE FROM event_monitors WHERE id = ?1";
+
+/// Forgets monitors not seen since ?1 (ms) (their process died).
+pub const PRUNE_MONITORS: &str = "DELETE FROM event_monitors WHERE seen_at < ?1";
+
+/// Whether a monitor was seen since ?1 (ms).
+pub const ANY_MONITOR: &str = "SELECT EXISTS (SELECT 1 FROM event_monitors WHERE seen_at >= ?1)";
 
 /// A reply for caller ?1 (its reply routing key) to request ticket ?2: body ?3, at ?4.
 pub const INSERT_CONTROL_REPLY: &str =

@@ -86,7 +86,7 @@ impl Default for WorkerConfig {
             result_expires: Some(Duration::from_secs(86_400)),
             result_extended: false,
             shutdown_timeout: Duration::from_secs(30),
-            revoke_poll_interval: Duration::from_millis(100),
+            revoke_poll_interval: Duration::from_secs(1),
             result_store_retry_for: Duration::from_secs(60),
             finished_ids_kept: 65_536,
             task_acks_late: false,

@@ -34,7 +34,7 @@ pub(crate) enum Settle {
 pub(crate) const IN_FLIGHT_PER_PLACE: usize = 2;
 
 /// How long one fetch waits for messages before the loop checks its phase again.
-const FETCH_WAIT: Duration = Duration::from_millis(500);
+const FETCH_WAIT: Duration = Duration::from_secs(2);
 
 pub(crate) async fn fetch_loop(shared: &Arc<Shared>, handlers: &mut JoinSet<()>) {
     let mut phase = shared.phase.clone();
