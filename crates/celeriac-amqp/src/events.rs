@@ -24,8 +24,10 @@ use lapin::Connection;
 use serde_json::Value;
 use tracing::{info, warn};
 
-use celeriac_core::events::{routing_key, EventStream, Events};
-use celeriac_core::json::to_python_json;
+use celeriac_core::events::{
+    event_messages, routing_key, EventMessage, EventStream, Events, TASK_MULTI,
+};
+use celeriac_core::json::{to_python_json, to_python_json_list};
 use celeriac_core::BrokerError;
 
 use crate::broker::AmqpBroker;
@@ -40,6 +42,22 @@ const EVENT_DELIVERY_MODE: u8 = 1;
 /// One event as Celery's dispatcher publishes it.
 fn event_message(hostname: &str, event: &Value) -> Outgoing {
     let kind = event.get("type").and_then(Value::as_str).unwrap_or("");
+    outgoing(hostname, routing_key(kind), to_python_json(event))
+}
+
+/// One message of a batch: an event alone, or task events in a `task.multi` list.
+fn wire_message(hostname: &str, message: &EventMessage<'_>) -> Outgoing {
+    match message {
+        EventMessage::Single { event, .. } => event_message(hostname, event),
+        EventMessage::Multi(events) => outgoing(
+            hostname,
+            TASK_MULTI.to_string(),
+            to_python_json_list(events),
+        ),
+    }
+}
+
+fn outgoing(hostname: &str, routing_key: String, body: String) -> Outgoing {
     let mut headers = FieldTable::default();
     headers.insert(
         "hostname".into(),
@@ -47,10 +65,10 @@ fn event_message(hostname: &str, event: &Value) -> Outgoing {
     );
     Outgoing {
         exchange: EVENT_EXCHANGE.into(),
-        routing_key: routing_key(kind),
+        routing_key,
         declare: Declare::CeleryExchanges,
         props: OutProps::Built(json_properties(EVENT_DELIVERY_MODE, headers)),
-        body: to_python_json(event).into_bytes(),
+        body: body.into_bytes(),
     }
 }
 
@@ -151,7 +169,10 @@ impl Events for AmqpBroker {
         if events.is_empty() {
             return Ok(());
         }
-        let out: Vec<Outgoing> = events.iter().map(|e| event_message(hostname, e)).collect();
+        let out: Vec<Outgoing> = event_messages(events)
+            .iter()
+            .map(|m| wire_message(hostname, m))
+            .collect();
         self.session.send(&out).await
     }
 

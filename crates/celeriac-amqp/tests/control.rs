@@ -471,9 +471,15 @@ async fn events_are_received_one_at_a_time_including_task_multi() {
         headers(&d),
         *json!({"hostname": "w@test"}).as_object().unwrap()
     );
+    let task = next_raw(&mut raw).await;
     assert_eq!(
-        next_raw(&mut raw).await.routing_key.as_str(),
-        "task.started"
+        task.routing_key.as_str(),
+        "task.multi",
+        "task events travel in lists, as Celery's worker sends them"
+    );
+    assert_eq!(
+        serde_json::from_slice::<Value>(&task.data).unwrap(),
+        json!([sent[1]])
     );
 
     let multi = [

@@ -8,8 +8,8 @@
 //! The worker is this same binary run as `celeriac-bench worker ...` (the bench's tasks live
 //! here), so the figures are for a separate worker process, as in production.
 //!
-//! `--events`: the worker sends task events (`-E`) and the bench receives them while it
-//! drains, as a monitor such as Flower would. `--control-load N`: N idle workers answer
+//! `--events`: the worker sends task events (`-E`); with `--monitor` the bench receives
+//! them while it drains, as a monitor such as Flower would. `--control-load N`: N idle workers answer
 //! remote control instead (`control_load.rs`).
 
 mod control_load;
@@ -76,9 +76,13 @@ struct Opts {
     /// Worker prefetch multiplier (messages reserved per pool slot).
     #[arg(long = "prefetch-multiplier", default_value_t = 4)]
     prefetch_multiplier: usize,
-    /// The worker sends task events (`-E`), received here during the drain.
+    /// The worker sends task events (`-E`).
     #[arg(long)]
     events: bool,
+    /// With `--events`: this process receives them during the drain, as a monitor such as
+    /// Flower would (on the same cores as the worker).
+    #[arg(long, requires = "events")]
+    monitor: bool,
     /// Instead of the task phases: start this many idle workers and measure remote control
     /// (ping and stats round trips) and the CPU their heartbeats cost.
     #[arg(long = "control-load", value_name = "WORKERS")]
@@ -207,7 +211,7 @@ async fn bench(opts: Opts) -> Result<(), Box<dyn std::error::Error>> {
     // 3. Drain: one worker process, acks and results included.
     let total = (sequential + sent + opts.n) as u64;
     let started = Instant::now();
-    let monitor = match opts.events {
+    let monitor = match opts.monitor {
         true => Some(count_events(&app).await?),
         false => None,
     };

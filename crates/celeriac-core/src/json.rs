@@ -216,6 +216,19 @@ pub fn to_python_json(v: &Value) -> String {
     out
 }
 
+/// A JSON list of `items` as [`to_python_json`] writes it, without building the list.
+pub fn to_python_json_list(items: &[&Value]) -> String {
+    let mut out = String::from("[");
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        write_python(item, &mut out);
+    }
+    out.push(']');
+    out
+}
+
 fn write_python(v: &Value, out: &mut String) {
     match v {
         Value::Null => out.push_str("null"),
@@ -307,26 +320,46 @@ pub fn python_float_repr(f: f64) -> String {
 }
 
 fn write_python_str(s: &str, out: &mut String) {
+    out.reserve(s.len() + 2);
     out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '\u{08}' => out.push_str("\\b"),
-            '\u{0c}' => out.push_str("\\f"),
-            c if (c as u32) < 0x20 || (c as u32) > 0x7e => {
-                let mut buf = [0u16; 2];
-                for unit in c.encode_utf16(&mut buf) {
-                    out.push_str(&format!("\\u{unit:04x}"));
-                }
+    let bytes = s.as_bytes();
+    let mut plain_from = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        // Printable ASCII other than the two escaped ones is copied in runs.
+        if (0x20..=0x7e).contains(&b) && b != b'"' && b != b'\\' {
+            i += 1;
+            continue;
+        }
+        out.push_str(&s[plain_from..i]);
+        let c = s[i..].chars().next().unwrap_or('\u{fffd}');
+        write_escaped(c, out);
+        i += c.len_utf8();
+        plain_from = i;
+    }
+    out.push_str(&s[plain_from..]);
+    out.push('"');
+}
+
+/// One character as `json.dumps` (with `ensure_ascii`) escapes it.
+fn write_escaped(c: char, out: &mut String) {
+    use std::fmt::Write;
+    match c {
+        '"' => out.push_str("\\\""),
+        '\\' => out.push_str("\\\\"),
+        '\n' => out.push_str("\\n"),
+        '\r' => out.push_str("\\r"),
+        '\t' => out.push_str("\\t"),
+        '\u{08}' => out.push_str("\\b"),
+        '\u{0c}' => out.push_str("\\f"),
+        c => {
+            let mut buf = [0u16; 2];
+            for unit in c.encode_utf16(&mut buf) {
+                let _ = write!(out, "\\u{unit:04x}");
             }
-            c => out.push(c),
         }
     }
-    out.push('"');
 }
 
 /// Parses JSON as Python writes it, including the bare `NaN`/`Infinity` words (read as null,

@@ -1,16 +1,17 @@
 //! Celery's events on Redis (protocol §7.1, vector 20): each event is PUBLISHed in kombu's
 //! envelope to `/<db>.celeryev/<routing key>` (Celery makes `celeryev` a fanout exchange on
-//! Redis, so events travel by pub/sub); monitors PSUBSCRIBE `/<db>.celeryev/*`. A
-//! `task.multi` message carries a list of events.
+//! Redis, so events travel by pub/sub); monitors PSUBSCRIBE `/<db>.celeryev/*`. Task
+//! events go together in `task.multi` lists, as Celery's worker sends them.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
 
-use celeriac_core::events::{routing_key, EventStream, Events};
+use celeriac_core::events::{event_messages, EventMessage, EventStream, Events, TASK_MULTI};
+use celeriac_core::json::to_python_json_list;
 use futures_core::Stream;
 use redis::aio::{PubSubSink, PubSubStream};
 
-use super::mailbox::{envelope, open_envelope, pubsub_error};
+use super::mailbox::{envelope_json, open_envelope, pubsub_error};
 use super::*;
 
 struct RedisEvents {
@@ -44,13 +45,15 @@ impl Events for RedisBroker {
             return Ok(());
         }
         let mut pipe = redis::pipe();
-        for event in events {
-            let kind = event.get("type").and_then(Value::as_str).unwrap_or("");
-            let key = routing_key(kind);
+        for message in event_messages(events) {
+            let (key, body) = match message {
+                EventMessage::Single { routing_key, event } => (routing_key, to_python_json(event)),
+                EventMessage::Multi(list) => (TASK_MULTI.to_string(), to_python_json_list(&list)),
+            };
             let headers = json!({ "hostname": hostname });
             pipe.cmd("PUBLISH")
                 .arg(self.inner.keys.event_channel(&key))
-                .arg(envelope(event, headers, 1, "celeryev", &key))
+                .arg(envelope_json(&body, headers, 1, "celeryev", &key))
                 .ignore();
         }
         self.inner.cmd.pipe::<()>("send events", true, &pipe).await

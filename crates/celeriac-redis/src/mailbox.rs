@@ -24,6 +24,17 @@ pub(super) fn envelope(
     exchange: &str,
     key: &str,
 ) -> String {
+    envelope_json(&to_python_json(body), headers, delivery_mode, exchange, key)
+}
+
+/// [`envelope`] of a body already written as JSON.
+pub(super) fn envelope_json(
+    body: &str,
+    headers: Value,
+    delivery_mode: u8,
+    exchange: &str,
+    key: &str,
+) -> String {
     let mut props = Map::new();
     props.insert("delivery_mode".into(), json!(delivery_mode));
     props.insert(
@@ -37,7 +48,7 @@ pub(super) fn envelope(
         json!(uuid::Uuid::new_v4().to_string()),
     );
     let mut env = Map::new();
-    env.insert("body".into(), json!(B64.encode(to_python_json(body))));
+    env.insert("body".into(), json!(B64.encode(body)));
     env.insert("content-encoding".into(), json!("utf-8"));
     env.insert("content-type".into(), json!("application/json"));
     env.insert("headers".into(), headers);
