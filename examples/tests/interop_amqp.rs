@@ -18,6 +18,9 @@ use celeriac::serde_json::{json, Value};
 use celeriac::{ResultError, TaskState};
 use celeriac_demo::{add, echo, sleep};
 use celeriac_testkit::rabbitmq::{rabbitmqctl, TestVhost};
+use common::control::{
+    assert_flower_sees, assert_python_controlled, flower_controls_the_worker, start_flower,
+};
 use common::*;
 
 fn env(db: u8, test: &str) -> Option<(Env, TestVhost)> {
@@ -555,5 +558,62 @@ async fn python_receives_the_events_of_a_celeriac_worker_on_rabbitmq() {
             .is_some_and(|t| t.starts_with("worker-")),
         "{first}"
     );
+    drop(worker.stop());
+}
+
+/// Results for the RabbitMQ control tests: Redis database 1 (shared by the remote-control
+/// tests, which isolate themselves by node, queue and task ids), so a REVOKED state stored
+/// by the worker is visible to the Python client, as it is with Celery's Redis backend.
+fn redis_db1_backend(test: &str) -> Option<String> {
+    let Ok(base) = std::env::var("CELERIAC_TEST_REDIS_URL") else {
+        eprintln!("skipped {test}: CELERIAC_TEST_REDIS_URL not set");
+        return None;
+    };
+    let (scheme, rest) = base.split_once("://")?;
+    let authority = rest.split(['/', '?']).next().unwrap_or(rest);
+    Some(format!("{scheme}://{authority}/1"))
+}
+
+/// Python Celery's control commands that change a celeriac worker on RabbitMQ:
+/// `add_consumer` (a `basic.consume` on the worker's live channel; its task runs),
+/// `cancel_consumer`, `revoke`, `revoke(terminate=True)` and `shutdown`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_controls_a_celeriac_worker_on_rabbitmq() {
+    let test = "python_controls_a_celeriac_worker_on_rabbitmq";
+    let Some(backend) = redis_db1_backend(test) else {
+        return;
+    };
+    let Some((e, _vhost)) = rpc_env("consumers", &backend) else {
+        return;
+    };
+    let node = format!("consumers-{}@amqp", std::process::id());
+    let queue = format!("consumers-{}", std::process::id());
+    let extra = format!("{queue}-extra");
+    let mut worker = named_worker(&e, &node, &queue, &[], "remote control: listening");
+    let r = interop_script(&e, "consumers.py", &[&node, &queue, &extra]);
+    assert_python_controlled(&r, &node, &queue, &extra);
+    assert!(worker.wait_exit().success(), "shutdown is a clean exit");
+}
+
+/// Flower 2.2 against RabbitMQ lists a celeriac worker, follows its task to SUCCESS from its
+/// events and acts on it through its control endpoints.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flower_sees_and_controls_a_celeriac_worker_on_rabbitmq() {
+    let test = "flower_sees_and_controls_a_celeriac_worker_on_rabbitmq";
+    let Some(backend) = redis_db1_backend(test) else {
+        return;
+    };
+    let Some((e, _vhost)) = rpc_env("flower", &backend) else {
+        return;
+    };
+    let node = format!("flower-{}@amqp", std::process::id());
+    let queue = format!("flower-{}", std::process::id());
+    let extra = format!("{queue}-extra");
+    let worker = named_worker(&e, &node, &queue, &["-E"], "worker ready");
+    let (flower, port) = start_flower(&e);
+    let r = interop_script(&e, "flower_api.py", &[&port, &node, &queue, &extra]);
+    assert_flower_sees(&r, &node);
+    flower_controls_the_worker(&r, &node, &extra);
+    drop(flower.stop());
     drop(worker.stop());
 }

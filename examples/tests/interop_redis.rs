@@ -12,6 +12,9 @@ use std::time::{Duration, Instant};
 use celeriac::core::control::{ControlRequest, ReplyAddress};
 use celeriac::serde_json::{json, Value};
 use celeriac_demo::sleep;
+use common::control::{
+    assert_flower_sees, assert_python_controlled, flower_controls_the_worker, start_flower,
+};
 use common::*;
 
 /// One test's Redis database, flushed; `None` (test skipped) without CELERIAC_TEST_REDIS_URL.
@@ -238,31 +241,7 @@ async fn python_controls_a_celeriac_worker() {
     let (e, node, queue, mut worker) = (db1.env, db1.node, db1.queue, db1.worker);
     let extra = format!("{queue}-extra");
     let r = control_py_script(&e, "consumers.py", &[&node, &queue, &extra]);
-    let reply = |key: &str| r[key][0][node.as_str()].clone();
-    assert_eq!(
-        reply("add_consumer"),
-        json!({"ok": format!("add consumer {extra}")}),
-        "{r}"
-    );
-    assert_eq!(r["extra_result"], json!(5), "{r}");
-    assert_eq!(r["queues_after_add"], json!([queue, extra]), "{r}");
-    assert_eq!(
-        reply("cancel_consumer"),
-        json!({"ok": format!("no longer consuming from {extra}")}),
-        "{r}"
-    );
-    assert_eq!(r["queues_after_cancel"], json!([queue]), "{r}");
-    let later = r["later"]["id"].as_str().unwrap();
-    assert_eq!(
-        reply("revoke_reply"),
-        json!({"ok": format!("tasks {{'{later}'}} flagged as revoked")}),
-        "{r}"
-    );
-    assert_eq!(r["later"]["state"], json!("REVOKED"), "{r}");
-    assert_eq!(r["terminated"]["state"], json!("REVOKED"), "{r}");
-    assert_eq!(r["terminated_raises"], json!("TaskRevokedError"), "{r}");
-    let revoked = r["revoked"].as_array().unwrap();
-    assert!(revoked.contains(&r["terminated"]["id"]), "{r}");
+    assert_python_controlled(&r, &node, &queue, &extra);
     assert!(worker.wait_exit().success(), "shutdown is a clean exit");
     let log = worker.lines().join("\n");
     assert!(log.contains("remote control: shutdown requested"), "{log}");
@@ -325,44 +304,6 @@ fn celeriac_cli_inspects_and_controls(e: &Env, node: &str) {
         let text = cli_remote(e, &["control", verb, &queue, "-d", node, "-t", "5"]);
         assert!(text.contains(&reply), "{verb}: {text}");
     }
-}
-
-/// Flower's control endpoints act on the celeriac worker and report its replies.
-fn flower_controls_the_worker(r: &Value, node: &str, extra: &str) {
-    let body = |key: &str| {
-        assert_eq!(r[key]["status"], json!(200), "{key}: {r}");
-        celeriac::serde_json::from_str::<Value>(r[key]["body"].as_str().unwrap())
-            .unwrap_or_else(|_| panic!("{key} answered JSON: {r}"))
-    };
-    assert_eq!(
-        body("grow")["message"],
-        json!(format!("Growing '{node}' worker's pool by 1")),
-        "{r}"
-    );
-    assert_eq!(
-        body("shrink")["message"],
-        json!(format!("Shrinking '{node}' worker's pool by 1")),
-        "{r}"
-    );
-    assert_eq!(
-        body("add_consumer")["message"],
-        json!(format!("add consumer {extra}")),
-        "{r}"
-    );
-    assert_eq!(r["extra_result"], json!(3), "{r}");
-    assert_eq!(
-        body("cancel_consumer")["message"],
-        json!(format!("no longer consuming from {extra}")),
-        "{r}"
-    );
-    assert_eq!(
-        body("rate_limit")["message"],
-        json!("new rate limit set successfully"),
-        "{r}"
-    );
-    assert_eq!(r["revoke"]["status"], json!(200), "{r}");
-    assert_eq!(r["revoked_state"], json!("REVOKED"), "{r}");
-    assert_eq!(r["revoked_raises"], json!("TaskRevokedError"), "{r}");
 }
 
 /// A celeriac worker on Redis database 1, which the remote-control, events and Flower tests
@@ -579,38 +520,10 @@ async fn flower_sees_a_celeriac_worker_and_its_tasks() {
         return;
     };
     let (e, node, queue, worker) = (db1.env, db1.node, db1.queue, db1.worker);
-    let port = (20_000 + std::process::id() % 20_000).to_string();
-    let mut flower = std::process::Command::new(python());
-    flower
-        .args([
-            "-m",
-            "celery",
-            "-A",
-            "pyapp",
-            "flower",
-            "--address=127.0.0.1",
-        ])
-        .arg(format!("--port={port}"))
-        .current_dir(interop_dir())
-        .env("CELERIAC_INTEROP_BROKER", &e.broker)
-        .env("CELERIAC_INTEROP_BACKEND", &e.backend)
-        .env("FLOWER_UNAUTHENTICATED_API", "true");
-    let flower = Proc::spawn(flower, "Visit me at");
+    let (flower, port) = start_flower(&e);
     let extra = format!("{queue}-extra");
     let r = control_py_script(&e, "flower_api.py", &[&port, &node, &queue, &extra]);
-    let listed = &r["workers"][node.as_str()];
-    assert!(listed.is_object(), "Flower lists the worker: {r}");
-    assert_eq!(listed["stats"]["pool"]["max-concurrency"], json!(2), "{r}");
-    assert!(
-        listed["registered"]
-            .as_array()
-            .is_some_and(|t| t.contains(&json!("tasks.add"))),
-        "{r}"
-    );
-    assert_eq!(r["task"]["state"], json!("SUCCESS"), "{r}");
-    assert_eq!(r["task"]["name"], json!("tasks.add"), "{r}");
-    assert_eq!(r["task"]["worker"], json!(node), "{r}");
-    assert_eq!(r["task"]["result"], json!("42"), "{r}");
+    assert_flower_sees(&r, &node);
     flower_controls_the_worker(&r, &node, &extra);
     drop(flower.stop());
     drop(worker.stop());

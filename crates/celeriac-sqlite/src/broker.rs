@@ -781,12 +781,20 @@ impl Revocations for SqliteStore {
         let terminate = terminate.map_or(0, |s| i64::from(s.0));
         let now = now_ms();
         let prune = SqliteStore::due(&self.inner.revoked_pruned_at, now, 3600 * 1000);
+        // Celery's `revoke` broadcast with the record: listening workers act at once.
+        let cast = Value::Object(celeriac_core::control::revoke_broadcast(
+            task_ids,
+            (terminate != 0).then_some(Signal(terminate as i32)),
+        ))
+        .to_string();
         self.db()
-            .write(Wake::Nothing, move |c| {
+            .write(Wake::Messages, move |c| {
                 let mut stmt = c.prepare_cached(sql::REVOKE)?;
                 for id in &ids {
                     stmt.execute(params![id, terminate, now])?;
                 }
+                c.prepare_cached(sql::INSERT_CONTROL_REQUEST)?
+                    .execute(params![cast, 0, now])?;
                 if prune {
                     c.prepare_cached(sql::PRUNE_REVOKED)?
                         .execute(params![now - REVOKE_KEEP_MS])?;

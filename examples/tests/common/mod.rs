@@ -13,6 +13,8 @@ use celeriac::serde_json::{self, json, Value};
 use celeriac::ResultError;
 use celeriac_demo::{add, fail, flaky};
 
+pub mod control;
+
 pub const WAIT: Duration = Duration::from_secs(40);
 pub const DEMO: &str = env!("CARGO_BIN_EXE_celeriac-demo");
 
