@@ -24,10 +24,13 @@ use lapin::Connection;
 use serde_json::Value;
 use tracing::{info, warn};
 
+#[cfg(test)]
+use celeriac_core::events::routing_key;
 use celeriac_core::events::{
-    event_messages, routing_key, EventMessage, EventStream, Events, TASK_MULTI,
+    event_messages, EventMessage, EventStream, Events, WireEvent, TASK_MULTI,
 };
-use celeriac_core::json::{to_python_json, to_python_json_list};
+#[cfg(test)]
+use celeriac_core::json::to_python_json;
 use celeriac_core::BrokerError;
 
 use crate::broker::AmqpBroker;
@@ -39,25 +42,23 @@ use crate::url::AmqpUrl;
 /// Celery's `EventDispatcher(delivery_mode=1)`.
 const EVENT_DELIVERY_MODE: u8 = 1;
 
-/// One event as Celery's dispatcher publishes it.
+/// One event alone, as Celery's dispatcher publishes it.
+#[cfg(test)]
 fn event_message(hostname: &str, event: &Value) -> Outgoing {
     let kind = event.get("type").and_then(Value::as_str).unwrap_or("");
-    outgoing(hostname, routing_key(kind), to_python_json(event))
+    outgoing(hostname, &routing_key(kind), &to_python_json(event))
 }
 
-/// One message of a batch: an event alone, or task events in a `task.multi` list.
+/// One message of a batch, as Celery's dispatcher publishes it: an event alone, or task
+/// events in a `task.multi` list.
 fn wire_message(hostname: &str, message: &EventMessage<'_>) -> Outgoing {
     match message {
-        EventMessage::Single { event, .. } => event_message(hostname, event),
-        EventMessage::Multi(events) => outgoing(
-            hostname,
-            TASK_MULTI.to_string(),
-            to_python_json_list(events),
-        ),
+        EventMessage::Single { routing_key, json } => outgoing(hostname, routing_key, json),
+        EventMessage::Multi(list) => outgoing(hostname, TASK_MULTI, list),
     }
 }
 
-fn outgoing(hostname: &str, routing_key: String, body: String) -> Outgoing {
+fn outgoing(hostname: &str, routing_key: &str, body: &str) -> Outgoing {
     let mut headers = FieldTable::default();
     headers.insert(
         "hostname".into(),
@@ -65,10 +66,10 @@ fn outgoing(hostname: &str, routing_key: String, body: String) -> Outgoing {
     );
     Outgoing {
         exchange: EVENT_EXCHANGE.into(),
-        routing_key,
+        routing_key: routing_key.to_string(),
         declare: Declare::CeleryExchanges,
         props: OutProps::Built(json_properties(EVENT_DELIVERY_MODE, headers)),
-        body: body.into_bytes(),
+        body: body.as_bytes().to_vec(),
     }
 }
 
@@ -165,7 +166,7 @@ impl EventStream for AmqpEvents {
 
 #[async_trait]
 impl Events for AmqpBroker {
-    async fn send_events(&self, hostname: &str, events: &[Value]) -> Result<(), BrokerError> {
+    async fn send_events(&self, hostname: &str, events: &[WireEvent]) -> Result<(), BrokerError> {
         if events.is_empty() {
             return Ok(());
         }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use celeriac_amqp::AmqpBroker;
 use celeriac_core::broker::Broker;
 use celeriac_core::control::{ControlRequest, ReplyAddress};
-use celeriac_core::events::{event, EventStream};
+use celeriac_core::events::{event, EventStream, WireEvent};
 use celeriac_core::ErrorKind;
 use celeriac_testkit::rabbitmq::{rabbitmqctl, TestVhost};
 use lapin::options::{
@@ -457,7 +457,7 @@ async fn events_are_received_one_at_a_time_including_task_multi() {
         worker_event("task-started", 2),
     ];
     let events = sender.events().unwrap();
-    events.send_events("w@test", &sent).await.unwrap();
+    events.send_events("w@test", &wire(&sent)).await.unwrap();
     assert_eq!(next_event(&mut stream).await, sent[0]);
     assert_eq!(next_event(&mut stream).await, sent[1]);
     let d = next_raw(&mut raw).await;
@@ -499,7 +499,7 @@ async fn events_are_received_one_at_a_time_including_task_multi() {
     loop {
         let beat = worker_event("worker-heartbeat", 5);
         events
-            .send_events("w@test", std::slice::from_ref(&beat))
+            .send_events("w@test", &wire(std::slice::from_ref(&beat)))
             .await
             .unwrap();
         let wait = Duration::from_millis(300);
@@ -509,4 +509,9 @@ async fn events_are_received_one_at_a_time_including_task_multi() {
         }
         assert!(Instant::now() < deadline, "no event after the cut");
     }
+}
+
+/// Events as senders hand them to the engine.
+fn wire(events: &[Value]) -> Vec<WireEvent> {
+    events.iter().map(WireEvent::from_value).collect()
 }

@@ -216,6 +216,87 @@ pub fn to_python_json(v: &Value) -> String {
     out
 }
 
+/// Writes one JSON object field by field as [`to_python_json`] would write it, without
+/// building a [`Value`] first (the worker's events are written this way: a map per event
+/// costs more than the rest of it).
+pub struct ObjectWriter {
+    out: String,
+    empty: bool,
+}
+
+impl Default for ObjectWriter {
+    fn default() -> Self {
+        ObjectWriter::new()
+    }
+}
+
+impl ObjectWriter {
+    pub fn new() -> ObjectWriter {
+        let mut out = String::with_capacity(256);
+        out.push('{');
+        ObjectWriter { out, empty: true }
+    }
+
+    fn key(&mut self, key: &str) {
+        if !std::mem::replace(&mut self.empty, false) {
+            self.out.push_str(", ");
+        }
+        write_python_str(key, &mut self.out);
+        self.out.push_str(": ");
+    }
+
+    pub fn str(&mut self, key: &str, value: &str) -> &mut Self {
+        self.key(key);
+        write_python_str(value, &mut self.out);
+        self
+    }
+
+    /// A string, or `null`.
+    pub fn opt_str(&mut self, key: &str, value: Option<&str>) -> &mut Self {
+        match value {
+            Some(v) => self.str(key, v),
+            None => self.null(key),
+        }
+    }
+
+    pub fn null(&mut self, key: &str) -> &mut Self {
+        self.key(key);
+        self.out.push_str("null");
+        self
+    }
+
+    pub fn bool(&mut self, key: &str, value: bool) -> &mut Self {
+        self.key(key);
+        self.out.push_str(if value { "true" } else { "false" });
+        self
+    }
+
+    pub fn u64(&mut self, key: &str, value: u64) -> &mut Self {
+        use std::fmt::Write;
+        self.key(key);
+        let _ = write!(self.out, "{value}");
+        self
+    }
+
+    /// A float as Python's `repr` writes it (`2.0`, `0.001`).
+    pub fn f64(&mut self, key: &str, value: f64) -> &mut Self {
+        self.key(key);
+        self.out.push_str(&python_float_repr(value));
+        self
+    }
+
+    pub fn value(&mut self, key: &str, value: &Value) -> &mut Self {
+        self.key(key);
+        write_python(value, &mut self.out);
+        self
+    }
+
+    pub fn finish(mut self) -> String {
+        self.out.push('}');
+        self.out
+    }
+}
+
 /// A JSON list of `items` as [`to_python_json`] writes it, without building the list.
 pub fn to_python_json_list(items: &[&Value]) -> String {
     let mut out = String::from("[");
@@ -224,6 +305,20 @@ pub fn to_python_json_list(items: &[&Value]) -> String {
             out.push_str(", ");
         }
         write_python(item, &mut out);
+    }
+    out.push(']');
+    out
+}
+
+/// A JSON list of items each already written as JSON text.
+pub fn json_list(items: &[&str]) -> String {
+    let mut out = String::with_capacity(items.iter().map(|i| i.len() + 2).sum::<usize>() + 2);
+    out.push('[');
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        out.push_str(item);
     }
     out.push(']');
     out
@@ -418,6 +513,22 @@ fn replace_non_finite(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn object_writer_writes_what_to_python_json_writes() {
+        let mut w = ObjectWriter::new();
+        w.str("uuid", "é\"x")
+            .opt_str("eta", None)
+            .u64("retries", 3)
+            .f64("runtime", 0.25)
+            .bool("ok", true)
+            .value("args", &json!([1, "a"]));
+        let want = json!({"uuid": "é\"x", "eta": null, "retries": 3, "runtime": 0.25,
+                          "ok": true, "args": [1, "a"]});
+        assert_eq!(w.finish(), to_python_json(&want));
+        assert_eq!(ObjectWriter::new().finish(), "{}");
+        assert_eq!(json_list(&["1", "{}"]), "[1, {}]");
+    }
 
     #[test]
     fn typed_values_round_trip() {

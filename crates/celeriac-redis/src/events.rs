@@ -6,8 +6,9 @@
 use std::collections::VecDeque;
 use std::pin::Pin;
 
-use celeriac_core::events::{event_messages, EventMessage, EventStream, Events, TASK_MULTI};
-use celeriac_core::json::to_python_json_list;
+use celeriac_core::events::{
+    event_messages, EventMessage, EventStream, Events, WireEvent, TASK_MULTI,
+};
 use futures_core::Stream;
 use redis::aio::{PubSubSink, PubSubStream};
 
@@ -40,20 +41,20 @@ impl EventStream for RedisEvents {
 
 #[async_trait]
 impl Events for RedisBroker {
-    async fn send_events(&self, hostname: &str, events: &[Value]) -> Result<(), BrokerError> {
+    async fn send_events(&self, hostname: &str, events: &[WireEvent]) -> Result<(), BrokerError> {
         if events.is_empty() {
             return Ok(());
         }
         let mut pipe = redis::pipe();
         for message in event_messages(events) {
-            let (key, body) = match message {
-                EventMessage::Single { routing_key, event } => (routing_key, to_python_json(event)),
-                EventMessage::Multi(list) => (TASK_MULTI.to_string(), to_python_json_list(&list)),
+            let (key, body) = match &message {
+                EventMessage::Single { routing_key, json } => (routing_key.as_str(), *json),
+                EventMessage::Multi(list) => (TASK_MULTI, list.as_str()),
             };
             let headers = json!({ "hostname": hostname });
             pipe.cmd("PUBLISH")
-                .arg(self.inner.keys.event_channel(&key))
-                .arg(envelope_json(&body, headers, 1, "celeryev", &key))
+                .arg(self.inner.keys.event_channel(key))
+                .arg(envelope_json(body, headers, 1, "celeryev", key))
                 .ignore();
         }
         self.inner.cmd.pipe::<()>("send events", true, &pipe).await

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use celeriac_core::error::BrokerError;
-use celeriac_core::events::{EventStream, Events};
+use celeriac_core::events::{EventStream, Events, WireEvent};
 use rusqlite::params;
 use serde_json::Value;
 use tracing::warn;
@@ -159,11 +159,11 @@ impl SqliteStore {
 
 #[async_trait]
 impl Events for SqliteStore {
-    async fn send_events(&self, _hostname: &str, events: &[Value]) -> Result<(), BrokerError> {
+    async fn send_events(&self, _hostname: &str, events: &[WireEvent]) -> Result<(), BrokerError> {
         if events.is_empty() || !self.monitored().await? {
             return Ok(());
         }
-        let bodies: Vec<String> = events.iter().map(Value::to_string).collect();
+        let bodies: Vec<String> = events.iter().map(|e| e.json.clone()).collect();
         let now = now_ms();
         let prune = SqliteStore::due(&self.inner.events_pruned_at, now, PRUNE_EVERY_MS);
         // Wakes this process's monitors; the watcher wakes the other processes'.

@@ -11,7 +11,7 @@ use celeriac_core::broker::{
 };
 use celeriac_core::control::{ControlInbox, ControlRequest, Mailbox, ReplyAddress};
 use celeriac_core::error::{BackendError, BrokerError};
-use celeriac_core::events::{EventStream, Events};
+use celeriac_core::events::{EventStream, Events, WireEvent};
 use celeriac_core::state::TaskMeta;
 use celeriac_sqlite::SqliteStore;
 use celeriac_testkit::{backend_suite, broker_suite, FactoryOptions, Instance, Outcome, Skip};
@@ -109,7 +109,7 @@ impl Mailbox for Faulty {
 
 #[async_trait]
 impl Events for Faulty {
-    async fn send_events(&self, hostname: &str, events: &[Value]) -> Result<(), BrokerError> {
+    async fn send_events(&self, hostname: &str, events: &[WireEvent]) -> Result<(), BrokerError> {
         let mut events = events.to_vec();
         if self.fault == Fault::EventsReordered {
             events.reverse();

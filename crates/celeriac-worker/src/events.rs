@@ -7,7 +7,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use celeriac_core::events::event;
+use celeriac_core::events::{event, WireEvent};
+use celeriac_core::json::ObjectWriter;
 use celeriac_core::Broker;
 use serde_json::{json, Map, Value};
 use tokio::sync::mpsc;
@@ -21,12 +22,12 @@ pub(crate) const HEARTBEAT: Duration = Duration::from_secs(2);
 const BATCH: usize = 512;
 
 pub(crate) struct EventSender {
-    tx: mpsc::UnboundedSender<Value>,
+    tx: mpsc::UnboundedSender<WireEvent>,
     task_events: AtomicBool,
 }
 
 impl EventSender {
-    pub(crate) fn new(task_events: bool) -> (EventSender, mpsc::UnboundedReceiver<Value>) {
+    pub(crate) fn new(task_events: bool) -> (EventSender, mpsc::UnboundedReceiver<WireEvent>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let sender = EventSender {
             tx,
@@ -46,11 +47,13 @@ impl EventSender {
 }
 
 impl Shared {
-    /// Sends a task event when task events are on; its fields are built only then (the
-    /// task path pays nothing for events that are off).
-    pub(crate) fn task_event(&self, kind: &str, fields: impl FnOnce() -> Value) {
+    /// Sends a task event when task events are on; its fields are written only then (the
+    /// task path pays nothing for events that are off), straight to JSON.
+    pub(crate) fn task_event(&self, kind: &str, fields: impl FnOnce(&mut ObjectWriter)) {
         if self.events.task_events.load(Ordering::Relaxed) && self.broker.events().is_some() {
-            self.send_event(kind, fields());
+            let clock = self.clock.fetch_add(1, Ordering::Relaxed) + 1;
+            let built = WireEvent::build(kind, &self.config.hostname, clock, fields);
+            let _ = self.events.tx.send(built);
         }
     }
 
@@ -60,10 +63,8 @@ impl Shared {
             Value::Object(map) => map,
             _ => Map::new(),
         };
-        let _ = self
-            .events
-            .tx
-            .send(event(kind, &self.config.hostname, clock, fields));
+        let built = event(kind, &self.config.hostname, clock, fields);
+        let _ = self.events.tx.send(WireEvent::from_value(&built));
     }
 
     /// `worker-online`, `worker-heartbeat` or `worker-offline` with Celery's fields.
@@ -110,7 +111,7 @@ fn sw_sys() -> &'static str {
 pub(crate) async fn publish(
     broker: Arc<dyn Broker>,
     hostname: String,
-    mut rx: mpsc::UnboundedReceiver<Value>,
+    mut rx: mpsc::UnboundedReceiver<WireEvent>,
 ) {
     let mut failing = false;
     let mut batch = Vec::with_capacity(64);

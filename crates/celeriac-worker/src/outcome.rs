@@ -155,10 +155,11 @@ impl Shared {
         info!(task_id = %h.id, "Task {}[{}] succeeded in {:.6}s: {}", h.task, h.id, runtime.as_secs_f64(), celeriac_core::repr::repr(&value));
         self.counters.succeeded.fetch_add(1, Ordering::Relaxed);
         self.hooks.emit_task_success(&req.info(), &value);
-        self.task_event(
-            "task-succeeded",
-            || json!({"uuid": h.id, "result": celeriac_core::repr::repr(&value), "runtime": runtime.as_secs_f64()}),
-        );
+        self.task_event("task-succeeded", |w| {
+            w.str("uuid", &h.id)
+                .str("result", &celeriac_core::repr::repr(&value))
+                .f64("runtime", runtime.as_secs_f64());
+        });
         if self.keeps_result(req) {
             after_store(self.store(req.msg, &req.builder.success(value)).await, done)
         } else {
@@ -179,10 +180,11 @@ impl Shared {
         self.counters.failed.fetch_add(1, Ordering::Relaxed);
         self.hooks
             .emit_task_failure(&req.info(), exc, traceback.as_deref());
-        self.task_event(
-            "task-failed",
-            || json!({"uuid": h.id, "exception": exc.repr(), "traceback": traceback}),
-        );
+        self.task_event("task-failed", |w| {
+            w.str("uuid", &h.id)
+                .str("exception", &exc.repr())
+                .opt_str("traceback", traceback.as_deref());
+        });
         self.store(req.msg, &req.builder.failure(exc, traceback))
             .await
     }
@@ -200,10 +202,9 @@ impl Shared {
             return Settle::Requeue;
         }
         warn!(task_id = %h.id, "Task {}[{}] rejected: {reason}", h.task, h.id);
-        self.task_event(
-            "task-rejected",
-            || json!({"uuid": h.id, "requeue": requeue}),
-        );
+        self.task_event("task-rejected", |w| {
+            w.str("uuid", &h.id).bool("requeue", requeue);
+        });
         let exc = ExceptionInfo {
             exc_type: "Reject".into(),
             exc_module: "celery.exceptions".into(),
@@ -232,9 +233,11 @@ impl Shared {
     async fn revoked(&self, req: &Request<'_>, reason: &str, done: Settle) -> Settle {
         self.counters.revoked.fetch_add(1, Ordering::Relaxed);
         self.hooks.emit_task_revoked(&req.info(), reason);
-        self.task_event("task-revoked", || {
-            json!({"uuid": req.headers().id, "terminated": reason == "terminated",
-                   "signum": null, "expired": reason == "expired"})
+        self.task_event("task-revoked", |w| {
+            w.str("uuid", &req.headers().id)
+                .bool("terminated", reason == "terminated")
+                .null("signum")
+                .bool("expired", reason == "expired");
         });
         let stored = self.store(req.msg, &req.builder.revoked(reason)).await;
         after_store(stored, done)
@@ -327,10 +330,11 @@ impl Shared {
         info!(task_id = %h.id, "Task {}[{}] retry: Retry in {}s: {}", h.task, h.id, countdown.as_secs_f64(), exc.repr());
         self.counters.retried.fetch_add(1, Ordering::Relaxed);
         self.hooks.emit_task_retry(&req.info(), &exc);
-        self.task_event(
-            "task-retried",
-            || json!({"uuid": h.id, "exception": exc.repr(), "traceback": retry.traceback}),
-        );
+        self.task_event("task-retried", |w| {
+            w.str("uuid", &h.id)
+                .str("exception", &exc.repr())
+                .opt_str("traceback", retry.traceback.as_deref());
+        });
         // RETRY goes in before the new message exists: stored after, it could overwrite the
         // final state of a retry that already ran (only SUCCESS is protected).
         if self.keeps_result(req) {

@@ -13,7 +13,6 @@ use celeriac_core::task::{TaskContext, TaskOptions};
 use celeriac_core::time::to_iso;
 use celeriac_core::Delivery;
 use chrono::Utc;
-use serde_json::json;
 use tokio::sync::{watch, Notify, OwnedSemaphorePermit};
 use tracing::{debug, error, info, warn};
 
@@ -135,13 +134,16 @@ impl Shared {
         let h = req.headers();
         debug!(task_id = %h.id, "Task {}[{}] received", h.task, h.id);
         self.hooks.emit_task_received(&req.info());
-        self.task_event("task-received", || {
-            json!({
-                "uuid": h.id, "name": h.task,
-                "args": h.argsrepr, "kwargs": h.kwargsrepr,
-                "root_id": h.root_id, "parent_id": h.parent_id, "retries": h.retries,
-                "eta": h.eta.map(to_iso), "expires": h.expires.map(to_iso),
-            })
+        self.task_event("task-received", |w| {
+            w.str("uuid", &h.id)
+                .str("name", &h.task)
+                .opt_str("args", h.argsrepr.as_deref())
+                .opt_str("kwargs", h.kwargsrepr.as_deref())
+                .opt_str("root_id", h.root_id.as_deref())
+                .opt_str("parent_id", h.parent_id.as_deref())
+                .u64("retries", u64::from(h.retries))
+                .opt_str("eta", h.eta.map(to_iso).as_deref())
+                .opt_str("expires", h.expires.map(to_iso).as_deref());
         });
         let mut phase = self.phase.clone();
         // A connection lost while this worker holds messages (AMQP) hands them back while the
@@ -240,7 +242,9 @@ impl Shared {
             acknowledged: !acks_late,
         });
         self.hooks.emit_task_prerun(&req.info());
-        self.task_event("task-started", || json!({ "uuid": h.id }));
+        self.task_event("task-started", |w| {
+            w.str("uuid", &h.id);
+        });
         debug!(task_id = %h.id, "Task {}[{}] starting on the {} pool", h.task, h.id, self.config.pool.name());
         let started = Instant::now();
         let ending = self.pool.run(slot, job).await;

@@ -67,7 +67,7 @@ pub struct Worker {
 struct Started {
     shared: Arc<Shared>,
     acks: mpsc::UnboundedReceiver<DeliveryTag>,
-    events: mpsc::UnboundedReceiver<serde_json::Value>,
+    events: mpsc::UnboundedReceiver<celeriac_core::events::WireEvent>,
 }
 
 /// What the worker's components share while it runs.

@@ -5,7 +5,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use celeriac_core::broker::Publish;
-use celeriac_core::events::event;
+use celeriac_core::events::{event, WireEvent};
 use serde_json::{json, Map, Value};
 use tracing::warn;
 
@@ -25,7 +25,7 @@ fn client_hostname() -> String {
 }
 
 /// The `task-sent` events of `publishes`; empty unless the app sends them.
-pub(crate) fn task_sent_events(app: &App, publishes: &[Publish]) -> Vec<Value> {
+pub(crate) fn task_sent_events(app: &App, publishes: &[Publish]) -> Vec<WireEvent> {
     if !app.config().task_send_sent_event {
         return Vec::new();
     }
@@ -52,14 +52,14 @@ pub(crate) fn task_sent_events(app: &App, publishes: &[Publish]) -> Vec<Value> {
             fields.insert("exchange".into(), json!(p.queue));
             fields.insert("routing_key".into(), json!(p.queue));
             let clock = CLOCK.fetch_add(1, Ordering::Relaxed) + 1;
-            event("task-sent", &hostname, clock, fields)
+            WireEvent::from_value(&event("task-sent", &hostname, clock, fields))
         })
         .collect()
 }
 
 /// Sends the events after their tasks were published. A monitor missing an event is not
 /// worth failing a send that happened: a failure is logged.
-pub(crate) async fn send_task_sent(app: &App, events: Vec<Value>) {
+pub(crate) async fn send_task_sent(app: &App, events: Vec<WireEvent>) {
     if events.is_empty() {
         return;
     }

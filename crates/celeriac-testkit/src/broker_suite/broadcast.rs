@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use celeriac_core::control::{ControlInbox, ControlRequest, Mailbox, ReplyAddress};
-use celeriac_core::events::{event, EventStream};
+use celeriac_core::events::{event, EventStream, WireEvent};
 use serde_json::{json, Map, Value};
 
 use super::{assert_nothing, consumer, fetch_n, ids, open_default, publish, tags, BrokerFactory};
@@ -166,7 +166,8 @@ pub(super) async fn events_reach_every_receiver(f: &dyn BrokerFactory) -> CaseRe
             event("task-received", &host, i, fields)
         })
         .collect();
-    events.send_events(&host, &sent).await.expect("send");
+    let wire: Vec<WireEvent> = sent.iter().map(WireEvent::from_value).collect();
+    events.send_events(&host, &wire).await.expect("send");
     for stream in [&mut here, &mut there] {
         let got = mine(stream.as_mut(), &host, sent.len()).await;
         assert_eq!(got, sent, "every event, in order, as sent");
