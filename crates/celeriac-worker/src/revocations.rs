@@ -107,10 +107,10 @@ impl Shared {
                 warn!("could not record a broadcast revoke durably: {e}");
             }
         }
-        if terminate.is_none() {
-            for id in ids {
-                self.completer.mark_revoked(id).await;
-            }
+        // As Celery 5.7's worker: a task not started yet reads REVOKED at once; one this
+        // worker terminates stores `terminated` when it ends, after this.
+        for id in ids {
+            self.completer.mark_revoked(id).await;
         }
     }
 
