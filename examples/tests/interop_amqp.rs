@@ -398,8 +398,9 @@ fn cli_json(e: &Env, args: &[&str]) -> Value {
         .unwrap_or_else(|err| panic!("{args:?} printed {stdout:?}: {err}"))
 }
 
-/// `inspect ping --json` and `inspect registered --json` against `node`.
-fn celeriac_cli_inspects(e: &Env, node: &str) {
+/// `inspect ping --json`, `inspect registered --json`, `control add_consumer` and
+/// `control cancel_consumer` against `node`.
+fn celeriac_cli_inspects_and_controls(e: &Env, node: &str) {
     let ping = cli_json(e, &["inspect", "ping", "-d", node, "-t", "5", "--json"]);
     assert_eq!(ping, json!({ node: {"ok": "pong"} }));
     let registered = cli_json(
@@ -413,6 +414,20 @@ fn celeriac_cli_inspects(e: &Env, node: &str) {
         names.contains(&json!("tasks.add")) && names.contains(&json!("tasks.sleep")),
         "{registered}"
     );
+    let queue = format!("cli-added-{}", std::process::id());
+    for (verb, reply) in [
+        ("add_consumer", format!("add consumer {queue}")),
+        (
+            "cancel_consumer",
+            format!("no longer consuming from {queue}"),
+        ),
+    ] {
+        let replies = cli_json(
+            e,
+            &["control", verb, &queue, "-d", node, "-t", "5", "--json"],
+        );
+        assert_eq!(replies, json!([{ node: {"ok": reply} }]), "{verb}");
+    }
 }
 
 /// Python Celery 5.7's `app.control.inspect()` against a celeriac worker on RabbitMQ (its
@@ -481,12 +496,12 @@ async fn python_inspects_a_celeriac_worker_on_rabbitmq() {
     assert_eq!(replies, vec![json!({ node: {"ok": "pong"} })]);
     app.close().await.unwrap();
 
-    celeriac_cli_inspects(&e, node);
+    celeriac_cli_inspects_and_controls(&e, node);
     drop(worker.stop());
 
     // The same verbs against a Python worker.
     let python = python_worker(&e, queue, "3600");
-    celeriac_cli_inspects(&e, "py@interop");
+    celeriac_cli_inspects_and_controls(&e, "py@interop");
     drop(python.stop());
 }
 
