@@ -9,8 +9,8 @@
 //! here), so the figures are for a separate worker process, as in production.
 //!
 //! `--events`: the worker sends task events (`-E`); with `--monitor` the bench receives
-//! them while it drains, as a monitor such as Flower would. `--control-load N`: N idle workers answer
-//! remote control instead (`control_load.rs`).
+//! them while it drains, as a monitor such as Flower would. `--control-load N`: N idle
+//! workers answer remote control instead (`control_load.rs`).
 
 mod control_load;
 

@@ -2,9 +2,9 @@
 //! every process on the machine. A request is a row of `control_requests`; each worker
 //! reads the rows after its cursor (starting at the newest when it starts listening, as a
 //! fanout subscriber would) when the store changed (the watcher's wake-up), at most every
-//! [`POLL`] while it is busy and at least every [`IDLE_RECHECK`]; a reply is a row of `control_replies` under the caller's reply
-//! key, which the caller takes every [`POLL`] while it waits. Rows older than [`KEEP_MS`]
-//! are pruned.
+//! [`POLL`] while it is busy and at least every [`IDLE_RECHECK`]; a reply is a row of
+//! `control_replies` under the caller's reply key, which the caller takes every [`POLL`]
+//! while it waits. Rows older than [`KEEP_MS`] are pruned.
 
 use std::time::Duration;
 
