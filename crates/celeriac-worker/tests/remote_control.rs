@@ -31,21 +31,21 @@ struct Running {
     _dir: tempfile::TempDir,
 }
 
-async fn start(change: impl FnOnce(&mut WorkerConfig)) -> Running {
+async fn start(settings: impl FnOnce(&mut celeriac::Config)) -> Running {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("test.db").display());
     let app = App::builder("rc")
         .broker_url(url)
         .task::<add>()
         .task::<sleep>()
+        .configure(settings)
         .build();
-    let mut config = WorkerConfig {
+    let config = WorkerConfig {
         hostname: NODE.into(),
         concurrency: 2,
         shutdown_timeout: Duration::from_secs(10),
         ..app.worker_config()
     };
-    change(&mut config);
     let worker = app.worker(config).await.unwrap();
     let (shutdown, join) = (worker.shutdown_handle(), tokio::spawn(worker.run()));
     Running {
@@ -252,7 +252,7 @@ async fn broadcast_revokes_are_recorded_and_terminate_running_tasks() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn remote_control_can_be_turned_off() {
-    let w = start(|c| c.remote_control = false).await;
+    let w = start(|c| c.worker_enable_remote_control = false).await;
     // The worker runs tasks, so it is up; its mailbox stays closed.
     assert_eq!(
         add::delay(&w.app, 2, 3)

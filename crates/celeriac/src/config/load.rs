@@ -533,6 +533,21 @@ task_default_queue = "from-file"
     }
 
     #[test]
+    fn event_and_remote_control_settings_load_from_the_environment() {
+        let sources = ConfigSources::new().env([
+            ("CELERIAC_WORKER_SEND_TASK_EVENTS", "true"),
+            ("CELERIAC_TASK_SEND_SENT_EVENT", "true"),
+            ("CELERIAC_WORKER_ENABLE_REMOTE_CONTROL", "false"),
+        ]);
+        let loaded = Config::default().load(&sources).unwrap();
+        let c = loaded.config();
+        assert!(c.worker_send_task_events && c.task_send_sent_event);
+        assert!(!c.worker_enable_remote_control);
+        let defaults = Config::default();
+        assert!(!defaults.worker_send_task_events && defaults.worker_enable_remote_control);
+    }
+
+    #[test]
     fn nothing_but_code_leaves_the_code_as_it_is() {
         let code = Config {
             task_routes: vec![("tasks.*".into(), "q".into())],
