@@ -125,6 +125,8 @@ pub enum ProtocolError {
     BadHeader { name: &'static str, reason: String },
     #[error("kombu typed value is invalid: {0}")]
     BadTypedValue(String),
+    #[error("canvas is invalid: {0}")]
+    BadCanvas(String),
 }
 
 impl ProtocolError {
@@ -140,6 +142,7 @@ impl ProtocolError {
             ProtocolError::BadBody(_) => "bad-body",
             ProtocolError::BadHeader { .. } => "bad-header",
             ProtocolError::BadTypedValue(_) => "bad-typed-value",
+            ProtocolError::BadCanvas(_) => "bad-canvas",
         }
     }
 }

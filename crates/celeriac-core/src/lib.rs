@@ -14,6 +14,7 @@
 
 pub mod backend;
 pub mod broker;
+pub mod canvas;
 pub mod control;
 pub mod error;
 pub mod events;
