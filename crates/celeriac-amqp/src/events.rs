@@ -15,14 +15,13 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use lapin::options::BasicConsumeOptions;
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::Connection;
 use serde_json::Value;
-use tracing::{info, warn};
+use tracing::warn;
 
 #[cfg(test)]
 use celeriac_core::events::routing_key;
@@ -35,7 +34,9 @@ use celeriac_core::BrokerError;
 
 use crate::broker::AmqpBroker;
 use crate::mailbox::{json_body, json_properties};
-use crate::session::{connect, next_delivery, unreachable, Declare, OutProps, Outgoing, Session};
+use crate::session::{
+    connect, next_delivery, reopen_with_backoff, unreachable, Declare, OutProps, Outgoing, Session,
+};
 use crate::topology::{self, EVENT_EXCHANGE};
 use crate::url::AmqpUrl;
 
@@ -109,30 +110,20 @@ impl AmqpEvents {
         Ok((conn, consumer))
     }
 
-    /// Opens again until it works (with backoff, warning once per outage); `false` once the
+    /// Opens again until it works (`session::reopen_with_backoff`); `false` once the
     /// broker is closed.
     async fn reopen(&mut self) -> bool {
-        let mut pause = Duration::from_millis(100);
-        let mut warned = false;
-        loop {
-            if self.session.is_closed() {
-                return false;
+        let opened =
+            reopen_with_backoff(&self.session, "events", "events: receiving again", || {
+                self.open()
+            })
+            .await;
+        match opened {
+            Some(link) => {
+                self.link = Some(link);
+                true
             }
-            match self.open().await {
-                Ok(link) => {
-                    self.link = Some(link);
-                    if warned {
-                        info!("events: receiving again");
-                    }
-                    return true;
-                }
-                Err(e) if !std::mem::replace(&mut warned, true) => {
-                    warn!("events: {e}; retrying")
-                }
-                Err(_) => {}
-            }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_secs(5));
+            None => false,
         }
     }
 }

@@ -24,7 +24,7 @@ use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Connection};
 use serde_json::Value;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use celeriac_core::control::{ControlInbox, ControlRequest, Mailbox, ReplyAddress};
 use celeriac_core::json::to_python_json;
@@ -32,7 +32,9 @@ use celeriac_core::{BrokerError, ErrorKind};
 
 use crate::broker::AmqpBroker;
 use crate::codec::from_amqp;
-use crate::session::{connect, next_delivery, unreachable, Declare, OutProps, Outgoing, Session};
+use crate::session::{
+    connect, next_delivery, reopen_with_backoff, unreachable, Declare, OutProps, Outgoing, Session,
+};
 use crate::topology::{self, PIDBOX_EXCHANGE};
 use crate::url::AmqpUrl;
 
@@ -190,30 +192,22 @@ impl AmqpInbox {
         Ok((conn, consumer))
     }
 
-    /// Opens again until it works (with backoff, warning once per outage); `false` once the
+    /// Opens again until it works (`session::reopen_with_backoff`); `false` once the
     /// broker is closed.
     async fn reopen(&mut self) -> bool {
-        let mut pause = Duration::from_millis(100);
-        let mut warned = false;
-        loop {
-            if self.session.is_closed() {
-                return false;
+        let opened = reopen_with_backoff(
+            &self.session,
+            "remote control",
+            "remote control: listening again",
+            || self.open(),
+        )
+        .await;
+        match opened {
+            Some(link) => {
+                self.link = Some(link);
+                true
             }
-            match self.open().await {
-                Ok(link) => {
-                    self.link = Some(link);
-                    if warned {
-                        info!("remote control: listening again");
-                    }
-                    return true;
-                }
-                Err(e) if !std::mem::replace(&mut warned, true) => {
-                    warn!("remote control: {e}; retrying")
-                }
-                Err(_) => {}
-            }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_secs(5));
+            None => false,
         }
     }
 }

@@ -592,6 +592,43 @@ pub(crate) enum Next {
 
 /// The next delivery of a consumer; `None` when it ended or failed (its connection or
 /// channel is gone: reconnect).
+/// Runs `open` until it works, for a reader on a connection of its own (a worker's
+/// mailbox, a monitor's event queue): backoff from 100 ms doubling to 5 s, one warning per
+/// outage (`what: error; retrying`) and `again` logged once it works again. `None` once the
+/// broker's session is closed.
+pub(crate) async fn reopen_with_backoff<T, F, Fut>(
+    session: &Session,
+    what: &str,
+    again: &str,
+    mut open: F,
+) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, BrokerError>>,
+{
+    let mut pause = std::time::Duration::from_millis(100);
+    let mut warned = false;
+    loop {
+        if session.is_closed() {
+            return None;
+        }
+        match open().await {
+            Ok(opened) => {
+                if warned {
+                    tracing::info!("{again}");
+                }
+                return Some(opened);
+            }
+            Err(e) if !std::mem::replace(&mut warned, true) => {
+                tracing::warn!("{what}: {e}; retrying")
+            }
+            Err(_) => {}
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(std::time::Duration::from_secs(5));
+    }
+}
+
 pub(crate) async fn next_delivery(
     consumer: &mut lapin::Consumer,
 ) -> Option<lapin::message::Delivery> {
