@@ -19,7 +19,8 @@ use celeriac::{ResultError, TaskState};
 use celeriac_demo::{add, echo, sleep};
 use celeriac_testkit::rabbitmq::{rabbitmqctl, TestVhost};
 use common::control::{
-    assert_flower_sees, assert_python_controlled, flower_controls_the_worker, start_flower,
+    assert_flower_sees, assert_python_controlled, assert_python_saw_events,
+    flower_controls_the_worker, start_flower,
 };
 use common::*;
 
@@ -518,52 +519,7 @@ async fn python_receives_the_events_of_a_celeriac_worker_on_rabbitmq() {
     let (node, queue) = ("events@interop", "events");
     let worker = named_worker(&e, node, queue, &["-E"], "worker ready");
     let r = interop_script(&e, "events.py", &[node, queue]);
-    let events = r["events"].as_array().expect("events");
-    let of = |kind: &str| events.iter().find(|e| e["type"] == json!(kind)).cloned();
-    let heartbeat = of("worker-heartbeat").unwrap_or_else(|| panic!("no heartbeat: {r}"));
-    assert_eq!(heartbeat["freq"], json!(2.0), "{heartbeat}");
-    assert!(
-        heartbeat["loadavg"]
-            .as_array()
-            .is_some_and(|l| l.len() == 3),
-        "{heartbeat}"
-    );
-    for field in [
-        "timestamp",
-        "utcoffset",
-        "pid",
-        "clock",
-        "active",
-        "processed",
-    ] {
-        assert!(!heartbeat[field].is_null(), "{field} missing: {heartbeat}");
-    }
-    let ids = r["ids"].as_array().unwrap();
-    let received = of("task-received").unwrap_or_else(|| panic!("no task-received: {r}"));
-    assert!(ids.contains(&received["uuid"]), "{received}");
-    assert!(of("task-started").is_some(), "no task-started: {r}");
-    let succeeded = of("task-succeeded").unwrap_or_else(|| panic!("no task-succeeded: {r}"));
-    assert_eq!(
-        (&succeeded["uuid"], &succeeded["result"]),
-        (&ids[0], &json!("5")),
-        "{succeeded}"
-    );
-    assert!(succeeded["runtime"].as_f64().is_some(), "{succeeded}");
-    let failed = of("task-failed").unwrap_or_else(|| panic!("no task-failed: {r}"));
-    assert_eq!(failed["uuid"], ids[1], "{failed}");
-    assert_eq!(failed["exception"], json!("ValueError('boom')"), "{failed}");
-    let state = |i: usize| r["states"][ids[i].as_str().unwrap()].clone();
-    assert_eq!(
-        (state(0), state(1)),
-        (json!("SUCCESS"), json!("FAILURE")),
-        "{r}"
-    );
-    assert_eq!(
-        r["task_names"][ids[0].as_str().unwrap()],
-        json!("tasks.add"),
-        "{r}"
-    );
-    assert_eq!(r["worker_alive"], json!(true), "{r}");
+    assert_python_saw_events(&r);
 
     // The `events` verb sees the same stream: the next heartbeat, as JSON.
     let first = cli_json(&e, &["events", "--dump", "--count", "1", "--timeout", "10"]);

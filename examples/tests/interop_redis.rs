@@ -13,7 +13,8 @@ use celeriac::core::control::{ControlRequest, ReplyAddress};
 use celeriac::serde_json::{json, Value};
 use celeriac_demo::sleep;
 use common::control::{
-    assert_flower_sees, assert_python_controlled, flower_controls_the_worker, start_flower,
+    assert_flower_sees, assert_python_controlled, assert_python_saw_events,
+    flower_controls_the_worker, start_flower,
 };
 use common::*;
 
@@ -445,59 +446,7 @@ async fn python_receives_the_events_of_a_celeriac_worker() {
     };
     let (e, node, queue, worker) = (db1.env, db1.node, db1.queue, db1.worker);
     let r = control_py_script(&e, "events.py", &[&node, &queue]);
-    let events = r["events"].as_array().expect("events");
-    let of = |kind: &str| events.iter().find(|e| e["type"] == json!(kind)).cloned();
-    // The periodic heartbeat (`freq` 2); one with `freq` 5 answers a `heartbeat` command,
-    // which Flower (in another test on this database) broadcasts to every worker.
-    let heartbeat = events
-        .iter()
-        .find(|e| e["type"] == json!("worker-heartbeat") && e["freq"] == json!(2.0))
-        .unwrap_or_else(|| panic!("no periodic heartbeat: {r}"));
-    assert!(
-        heartbeat["loadavg"]
-            .as_array()
-            .is_some_and(|l| l.len() == 3),
-        "{heartbeat}"
-    );
-    for field in [
-        "timestamp",
-        "utcoffset",
-        "pid",
-        "clock",
-        "active",
-        "processed",
-    ] {
-        assert!(!heartbeat[field].is_null(), "{field} missing: {heartbeat}");
-    }
-    let ids = r["ids"].as_array().unwrap();
-    let received = of("task-received").unwrap_or_else(|| panic!("no task-received: {r}"));
-    assert!(ids.contains(&received["uuid"]), "{received}");
-    let succeeded = of("task-succeeded").unwrap_or_else(|| panic!("no task-succeeded: {r}"));
-    assert_eq!(
-        (&succeeded["uuid"], &succeeded["result"]),
-        (&ids[0], &json!("5")),
-        "{succeeded}"
-    );
-    assert!(succeeded["runtime"].as_f64().is_some(), "{succeeded}");
-    let failed = of("task-failed").unwrap_or_else(|| panic!("no task-failed: {r}"));
-    assert_eq!(failed["uuid"], ids[1], "{failed}");
-    assert_eq!(failed["exception"], json!("ValueError('boom')"), "{failed}");
-    assert_eq!(
-        r["states"][ids[0].as_str().unwrap()],
-        json!("SUCCESS"),
-        "{r}"
-    );
-    assert_eq!(
-        r["states"][ids[1].as_str().unwrap()],
-        json!("FAILURE"),
-        "{r}"
-    );
-    assert_eq!(
-        r["task_names"][ids[0].as_str().unwrap()],
-        json!("tasks.add"),
-        "{r}"
-    );
-    assert_eq!(r["worker_alive"], json!(true), "{r}");
+    assert_python_saw_events(&r);
 
     // The `events` verb sees the same stream: the next heartbeat, as JSON.
     let dumped = cli_remote(&e, &["events", "--dump", "--count", "1", "--timeout", "10"]);

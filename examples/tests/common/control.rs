@@ -111,3 +111,59 @@ pub fn assert_flower_sees(r: &Value, node: &str) {
     assert_eq!(r["task"]["worker"], json!(node), "{r}");
     assert_eq!(r["task"]["result"], json!("42"), "{r}");
 }
+
+/// What `tests/interop/events.py` saw of a celeriac worker started with `-E`: its periodic
+/// heartbeat and the events of a task that succeeded and one that failed, with Celery's
+/// fields, and Celery's own state machine (Flower's) sees both tasks end and the worker alive.
+pub fn assert_python_saw_events(r: &Value) {
+    let events = r["events"].as_array().expect("events");
+    let of = |kind: &str| events.iter().find(|e| e["type"] == json!(kind)).cloned();
+    // The periodic heartbeat (`freq` 2); one with `freq` 5 answers a `heartbeat` command,
+    // which Flower (in another test on the same broker) broadcasts to every worker.
+    let heartbeat = events
+        .iter()
+        .find(|e| e["type"] == json!("worker-heartbeat") && e["freq"] == json!(2.0))
+        .unwrap_or_else(|| panic!("no periodic heartbeat: {r}"));
+    assert!(
+        heartbeat["loadavg"]
+            .as_array()
+            .is_some_and(|l| l.len() == 3),
+        "{heartbeat}"
+    );
+    for field in [
+        "timestamp",
+        "utcoffset",
+        "pid",
+        "clock",
+        "active",
+        "processed",
+    ] {
+        assert!(!heartbeat[field].is_null(), "{field} missing: {heartbeat}");
+    }
+    let ids = r["ids"].as_array().unwrap();
+    let received = of("task-received").unwrap_or_else(|| panic!("no task-received: {r}"));
+    assert!(ids.contains(&received["uuid"]), "{received}");
+    assert!(of("task-started").is_some(), "no task-started: {r}");
+    let succeeded = of("task-succeeded").unwrap_or_else(|| panic!("no task-succeeded: {r}"));
+    assert_eq!(
+        (&succeeded["uuid"], &succeeded["result"]),
+        (&ids[0], &json!("5")),
+        "{succeeded}"
+    );
+    assert!(succeeded["runtime"].as_f64().is_some(), "{succeeded}");
+    let failed = of("task-failed").unwrap_or_else(|| panic!("no task-failed: {r}"));
+    assert_eq!(failed["uuid"], ids[1], "{failed}");
+    assert_eq!(failed["exception"], json!("ValueError('boom')"), "{failed}");
+    let state = |i: usize| r["states"][ids[i].as_str().unwrap()].clone();
+    assert_eq!(
+        (state(0), state(1)),
+        (json!("SUCCESS"), json!("FAILURE")),
+        "{r}"
+    );
+    assert_eq!(
+        r["task_names"][ids[0].as_str().unwrap()],
+        json!("tasks.add"),
+        "{r}"
+    );
+    assert_eq!(r["worker_alive"], json!(true), "{r}");
+}
