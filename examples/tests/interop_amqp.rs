@@ -359,26 +359,6 @@ fn named_worker(e: &Env, node: &str, queue: &str, extra: &[&str], ready: &str) -
     Proc::spawn(cmd, ready)
 }
 
-/// Runs a script of `tests/interop` and parses the JSON line it prints last.
-fn interop_script(e: &Env, script: &str, args: &[&str]) -> Value {
-    let out = std::process::Command::new(python())
-        .arg(script)
-        .args(args)
-        .current_dir(interop_dir())
-        .env("CELERIAC_INTEROP_BROKER", &e.broker)
-        .env("CELERIAC_INTEROP_BACKEND", &e.backend)
-        .output()
-        .expect("the script runs");
-    assert!(
-        out.status.success(),
-        "{script} {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
-    celeriac::serde_json::from_str(text.lines().last().unwrap_or(""))
-        .unwrap_or_else(|err| panic!("{script} printed {text:?}: {err}"))
-}
-
 /// Runs the demo binary's remote-control or events verb (the `celeriac` binary's) and parses
 /// its standard output as one JSON value.
 fn cli_json(e: &Env, args: &[&str]) -> Value {

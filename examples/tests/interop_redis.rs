@@ -157,7 +157,7 @@ async fn python_inspects_a_celeriac_worker() {
         return;
     };
     let (e, node, queue, worker) = (db1.env, db1.node, db1.queue, db1.worker);
-    let r = control_py_script(&e, "control.py", &[&node, "5"]);
+    let r = interop_script(&e, "control.py", &[&node, "5"]);
     assert_eq!(r["ping"], json!({ node.as_str(): {"ok": "pong"} }), "{r}");
     let registered = r["registered"][node.as_str()]
         .as_array()
@@ -241,7 +241,7 @@ async fn python_controls_a_celeriac_worker() {
     };
     let (e, node, queue, mut worker) = (db1.env, db1.node, db1.queue, db1.worker);
     let extra = format!("{queue}-extra");
-    let r = control_py_script(&e, "consumers.py", &[&node, &queue, &extra]);
+    let r = interop_script(&e, "consumers.py", &[&node, &queue, &extra]);
     assert_python_controlled(&r, &node, &queue, &extra);
     assert!(worker.wait_exit().success(), "shutdown is a clean exit");
     let log = worker.lines().join("\n");
@@ -350,27 +350,7 @@ fn worker_on_db1(test: &str, kind: &str, extra: &[&str], ready: &str) -> Option<
 
 /// Runs `tests/interop/control.py` and parses its JSON line.
 fn control_py(e: &Env, args: &[&str]) -> Value {
-    control_py_script(e, "control.py", args)
-}
-
-/// Runs a script of `tests/interop` and parses the JSON line it prints last.
-fn control_py_script(e: &Env, script: &str, args: &[&str]) -> Value {
-    let out = std::process::Command::new(python())
-        .arg(script)
-        .args(args)
-        .current_dir(interop_dir())
-        .env("CELERIAC_INTEROP_BROKER", &e.broker)
-        .env("CELERIAC_INTEROP_BACKEND", &e.backend)
-        .output()
-        .expect("the script runs");
-    assert!(
-        out.status.success(),
-        "{script} {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
-    celeriac::serde_json::from_str(text.lines().last().unwrap_or(""))
-        .unwrap_or_else(|err| panic!("{script} printed {text:?}: {err}"))
+    interop_script(e, "control.py", args)
 }
 
 /// With -c 2 and two 2 s tasks, both run (or one runs, one waits): `active` lists them in
@@ -445,7 +425,7 @@ async fn python_receives_the_events_of_a_celeriac_worker() {
         return;
     };
     let (e, node, queue, worker) = (db1.env, db1.node, db1.queue, db1.worker);
-    let r = control_py_script(&e, "events.py", &[&node, &queue]);
+    let r = interop_script(&e, "events.py", &[&node, &queue]);
     assert_python_saw_events(&r);
 
     // The `events` verb sees the same stream: the next heartbeat, as JSON.
@@ -475,7 +455,7 @@ async fn flower_sees_a_celeriac_worker_and_its_tasks() {
     let (e, node, queue, worker) = (db1.env, db1.node, db1.queue, db1.worker);
     let (flower, port) = start_flower(&e);
     let extra = format!("{queue}-extra");
-    let r = control_py_script(&e, "flower_api.py", &[&port, &node, &queue, &extra]);
+    let r = interop_script(&e, "flower_api.py", &[&port, &node, &queue, &extra]);
     assert_flower_sees(&r, &node);
     flower_controls_the_worker(&r, &node, &extra);
     drop(flower.stop());

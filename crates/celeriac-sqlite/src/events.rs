@@ -100,11 +100,9 @@ impl EventStream for SqliteEvents {
             if let Some(event) = self.pending.pop_front() {
                 return Some(event);
             }
-            // A busy store changes all the time: look no more often than every BUSY_POLL.
-            tokio::time::sleep(BUSY_POLL).await;
             let signals = self.store.db().signals.clone();
             signals
-                .change_or_timeout(&mut self.changes, IDLE_RECHECK)
+                .change_or_timeout(&mut self.changes, BUSY_POLL, IDLE_RECHECK)
                 .await;
             self.refresh_presence().await;
             self.read_more().await;

@@ -40,11 +40,9 @@ impl ControlInbox for SqliteInbox {
             if let Some(request) = self.pending.pop_front() {
                 return Some(request);
             }
-            // A busy store changes all the time: look no more often than every POLL.
-            tokio::time::sleep(POLL).await;
             let signals = self.store.db().signals.clone();
             signals
-                .change_or_timeout(&mut self.changes, IDLE_RECHECK)
+                .change_or_timeout(&mut self.changes, POLL, IDLE_RECHECK)
                 .await;
             let cursor = self.cursor;
             let read = self

@@ -54,15 +54,17 @@ impl Signals {
         WaiterGuard(self.clone())
     }
 
-    /// Waits until a commit (of this process, or another's seen by the watcher) may have
-    /// changed the database since `changes` was last marked seen, or `max` passed. Readers
-    /// of tables without a wake of their own (remote control, events) wait with this
-    /// instead of polling.
+    /// Waits at least `min` (a busy store changes all the time), then until a commit (of
+    /// this process, or another's seen by the watcher) may have changed the database since
+    /// `changes` was last marked seen, or `max` passed. Readers of tables without a wake of
+    /// their own (remote control, events) wait with this instead of polling.
     pub async fn change_or_timeout(
         self: &Arc<Self>,
         changes: &mut watch::Receiver<u64>,
+        min: Duration,
         max: Duration,
     ) {
+        tokio::time::sleep(min).await;
         let _waiting = self.waiting();
         if let Ok(Err(_)) = tokio::time::timeout(max, changes.changed()).await {
             // The store is closing: no change will come.

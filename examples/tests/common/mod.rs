@@ -414,3 +414,23 @@ pub async fn workers_share_a_broker_each_on_its_own_queue(e: &Env) {
         );
     }
 }
+
+/// Runs a script of `tests/interop` and parses the JSON line it prints last.
+pub fn interop_script(e: &Env, script: &str, args: &[&str]) -> Value {
+    let out = std::process::Command::new(python())
+        .arg(script)
+        .args(args)
+        .current_dir(interop_dir())
+        .env("CELERIAC_INTEROP_BROKER", &e.broker)
+        .env("CELERIAC_INTEROP_BACKEND", &e.backend)
+        .output()
+        .expect("the script runs");
+    assert!(
+        out.status.success(),
+        "{script} {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    celeriac::serde_json::from_str(text.lines().last().unwrap_or(""))
+        .unwrap_or_else(|err| panic!("{script} printed {text:?}: {err}"))
+}
