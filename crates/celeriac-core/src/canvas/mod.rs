@@ -3,6 +3,12 @@
 //! it. Chains, groups and chords are told by `subtask_type`; `xmap`, `xstarmap` and `chunks`
 //! keep `subtask_type` null (their classes never set it) and are told by their task name.
 
+mod apply;
+mod leaf;
+
+pub use apply::{freeze, normalize_chain, Applier, ChordStart, Frozen, Plan};
+pub use leaf::{call_args, merge_options, task_publish, FixedQueue, Router};
+
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{json, Map, Value};
 
