@@ -83,6 +83,74 @@ pub trait ResultBackend: Send + Sync + 'static {
     ) -> Result<(), BackendError>;
 
     async fn restore_group(&self, group_id: &str) -> Result<Option<Vec<String>>, BackendError>;
+
+    /// Chord joins, on backends that count a chord's header results themselves (the
+    /// embedded store, Redis). `None`: chords cannot be used with this backend.
+    fn chords(&self) -> Option<&dyn ChordJoin> {
+        None
+    }
+}
+
+/// Where a header task's result goes in its chord: the chord's group id and the task's
+/// place in the header (`group_index`; none sorts last, as in Celery).
+#[derive(Debug, Clone, Copy)]
+pub struct ChordPart<'a> {
+    pub group_id: &'a str,
+    pub group_index: Option<i64>,
+}
+
+/// One header result as the join hands it to the body: `result` is the stored result
+/// (an exception dict for FAILURE and REVOKED).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PartResult {
+    pub task_id: String,
+    pub state: crate::state::TaskState,
+    pub result: serde_json::Value,
+}
+
+/// What storing a header result meant for its chord.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PartReturn {
+    /// Other header results are still missing (or the chord is unknown here).
+    Waiting,
+    /// The chord already fired: this is a late copy of a member, and nothing is to be done.
+    AlreadyDone,
+    /// Every header result is in, but another worker holds the claim to fire the body (it
+    /// may have died: the claim lapses after its TTL, and storing again may win it).
+    ClaimedElsewhere,
+    /// This call completed the chord and holds the claim to fire the body: `parts` are the
+    /// header results in header order. Release with [`ChordJoin::finish_chord`].
+    Complete {
+        claim: String,
+        parts: Vec<PartResult>,
+    },
+}
+
+/// A backend's chord bookkeeping (protocol §6.4). Each header result is counted once
+/// however often it is stored (a redelivered member), and exactly one caller is handed the
+/// completed chord at a time.
+#[async_trait]
+pub trait ChordJoin: Send + Sync {
+    /// Records a chord of `size` header results, before its last member is published.
+    async fn start_chord(
+        &self,
+        group_id: &str,
+        size: usize,
+        expires: Option<Duration>,
+    ) -> Result<(), BackendError>;
+
+    /// Stores the result of a header task and counts it in its chord.
+    async fn store_part(
+        &self,
+        meta: &TaskMeta,
+        expires: Option<Duration>,
+        part: ChordPart<'_>,
+    ) -> Result<PartReturn, BackendError>;
+
+    /// Called by the holder of `claim` once the body was sent (or failed): drops the
+    /// chord's bookkeeping and marks it done, so late copies of members change nothing.
+    /// Returns false when the claim had lapsed meanwhile.
+    async fn finish_chord(&self, group_id: &str, claim: &str) -> Result<bool, BackendError>;
 }
 
 /// `result_backend = "disabled"`: stores nothing; reading a result is an error saying so.

@@ -16,11 +16,57 @@ use crate::{duration_ms, now_ms, sql, SqliteStore};
 const PRUNE_EVERY_MS: i64 = 60_000;
 const PRUNE_BATCH: i64 = 1000;
 
-fn expires_at(now: i64, expires: Option<Duration>) -> Option<i64> {
+pub(crate) fn expires_at(now: i64, expires: Option<Duration>) -> Option<i64> {
     expires.map(|d| now.saturating_add(duration_ms(d)))
 }
 
+/// One result to write, with the pruning of expired rows when it is due.
+pub(crate) struct ResultWrite {
+    id: String,
+    status: &'static str,
+    text: String,
+    now: i64,
+    expires_at: Option<i64>,
+    prune: bool,
+}
+
+impl ResultWrite {
+    pub(crate) fn run(&self, c: &rusqlite::Connection) -> rusqlite::Result<()> {
+        c.prepare_cached(sql::STORE_RESULT)?.execute(params![
+            self.id,
+            self.status,
+            self.text,
+            self.now,
+            self.expires_at
+        ])?;
+        if self.prune {
+            for prune in [
+                sql::PRUNE_RESULTS,
+                sql::PRUNE_GROUPS,
+                sql::PRUNE_CHORD_PARTS,
+                sql::PRUNE_CHORDS,
+            ] {
+                c.prepare_cached(prune)?
+                    .execute(params![self.now, PRUNE_BATCH])?;
+            }
+        }
+        Ok(())
+    }
+}
+
 impl SqliteStore {
+    pub(crate) fn result_write(&self, meta: &TaskMeta, expires: Option<Duration>) -> ResultWrite {
+        let now = now_ms();
+        ResultWrite {
+            id: meta.task_id.clone(),
+            status: meta.status.as_str(),
+            text: meta.to_json(),
+            now,
+            expires_at: expires_at(now, expires),
+            prune: SqliteStore::due(&self.inner.results_pruned_at, now, PRUNE_EVERY_MS),
+        }
+    }
+
     async fn get_meta(&self, task_id: &str) -> Result<Option<TaskMeta>, BackendError> {
         let id = task_id.to_string();
         self.db()
@@ -50,26 +96,15 @@ impl ResultBackend for SqliteStore {
     }
 
     async fn store(&self, meta: &TaskMeta, expires: Option<Duration>) -> Result<(), BackendError> {
-        let id = meta.task_id.clone();
-        let status = meta.status.as_str();
-        let text = meta.to_json();
-        let now = now_ms();
-        let expires_at = expires_at(now, expires);
-        let prune = SqliteStore::due(&self.inner.results_pruned_at, now, PRUNE_EVERY_MS);
+        let write = self.result_write(meta, expires);
         self.db()
-            .write(Wake::Results, move |c| {
-                c.prepare_cached(sql::STORE_RESULT)?
-                    .execute(params![id, status, text, now, expires_at])?;
-                if prune {
-                    c.prepare_cached(sql::PRUNE_RESULTS)?
-                        .execute(params![now, PRUNE_BATCH])?;
-                    c.prepare_cached(sql::PRUNE_GROUPS)?
-                        .execute(params![now, PRUNE_BATCH])?;
-                }
-                Ok(())
-            })
+            .write(Wake::Results, move |c| write.run(c))
             .await
             .map_err(|e| self.backend_err("store result", e))
+    }
+
+    fn chords(&self) -> Option<&dyn celeriac_core::backend::ChordJoin> {
+        Some(self)
     }
 
     async fn get(&self, task_id: &str) -> Result<Option<TaskMeta>, BackendError> {

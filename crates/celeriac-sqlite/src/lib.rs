@@ -46,6 +46,7 @@
 
 mod backend;
 mod broker;
+mod chord;
 mod db;
 mod events;
 mod file_events;

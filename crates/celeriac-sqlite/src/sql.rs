@@ -81,6 +81,10 @@ pub const ROLLBACK_TO: &str = "ROLLBACK TO job";
 ///   there, senders write no events (as on Redis, events nobody hears are not kept).
 /// - `results`: task meta JSON exactly as Celery writes it, keyed by task id.
 /// - `groups`: a group's member task ids as a JSON array.
+/// - `chords`: one row per chord being joined: its header size and the claim to fire its
+///   body (a worker's token until `claimed_until`, then anyone's; `done` once fired).
+/// - `chord_parts`: the header results counted so far, one row per `(task id, index)`,
+///   so a member stored twice counts once; `idx` is the `group_index` (none sorts last).
 pub const CREATE_SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS queues (
     name       TEXT PRIMARY KEY,
@@ -190,6 +194,25 @@ CREATE TABLE IF NOT EXISTS groups (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS groups_expires
     ON groups (expires_at) WHERE expires_at IS NOT NULL;
+
+CREATE TABLE IF NOT EXISTS chords (
+    group_id      TEXT PRIMARY KEY,
+    size          INTEGER NOT NULL,
+    claim         TEXT,
+    claimed_until INTEGER,
+    expires_at    INTEGER
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS chords_expires
+    ON chords (expires_at) WHERE expires_at IS NOT NULL;
+
+CREATE TABLE IF NOT EXISTS chord_parts (
+    group_id TEXT    NOT NULL,
+    task_id  TEXT    NOT NULL,
+    idx      INTEGER NOT NULL,
+    state    TEXT    NOT NULL,
+    result   TEXT    NOT NULL,
+    PRIMARY KEY (group_id, idx, task_id)
+) WITHOUT ROWID;
 ";
 
 // ----------------------------------------------------------------------------------------
@@ -462,3 +485,48 @@ pub const TAKE_CONTROL_REPLIES: &str =
 
 /// Forgets replies nobody took before ?1 (ms) (their caller stopped waiting).
 pub const PRUNE_CONTROL_REPLIES: &str = "DELETE FROM control_replies WHERE at < ?1";
+
+// ----------------------------------------------------------------------------------------
+// Chords
+// ----------------------------------------------------------------------------------------
+
+/// Records chord ?1 of ?2 header results, expiring at ?3 (ms, NULL = never); a chord
+/// applied again under the same id starts over.
+pub const START_CHORD: &str =
+    "INSERT OR REPLACE INTO chords (group_id, size, claim, claimed_until, expires_at)
+    VALUES (?1, ?2, NULL, NULL, ?3)";
+
+/// Drops the header results of chord ?1 (when it starts over or is done).
+pub const DELETE_CHORD_PARTS: &str = "DELETE FROM chord_parts WHERE group_id = ?1";
+
+/// Chord ?1's size, claim and claim deadline.
+pub const GET_CHORD: &str = "SELECT size, claim, claimed_until FROM chords WHERE group_id = ?1";
+
+/// Counts header result (?2 task id, ?3 index) of chord ?1 with state ?4 and result JSON ?5;
+/// a result already counted is left as it is.
+pub const ADD_CHORD_PART: &str =
+    "INSERT OR IGNORE INTO chord_parts (group_id, task_id, idx, state, result)
+    VALUES (?1, ?2, ?3, ?4, ?5)";
+
+/// How many header results chord ?1 has.
+pub const COUNT_CHORD_PARTS: &str = "SELECT COUNT(*) FROM chord_parts WHERE group_id = ?1";
+
+/// Chord ?1's header results in header order: task id, state, result JSON.
+pub const CHORD_PARTS: &str =
+    "SELECT task_id, state, result FROM chord_parts WHERE group_id = ?1 ORDER BY idx, task_id";
+
+/// Gives chord ?1's claim to token ?2 until ?3 (ms).
+pub const CLAIM_CHORD: &str =
+    "UPDATE chords SET claim = ?2, claimed_until = ?3 WHERE group_id = ?1";
+
+/// Marks chord ?1 done if token ?2 still holds its claim.
+pub const FINISH_CHORD: &str =
+    "UPDATE chords SET claim = 'done', claimed_until = NULL WHERE group_id = ?1 AND claim = ?2";
+
+/// Deletes the header results of up to ?2 chords expired at ?1 (ms).
+pub const PRUNE_CHORD_PARTS: &str = "DELETE FROM chord_parts WHERE group_id IN
+    (SELECT group_id FROM chords WHERE expires_at IS NOT NULL AND expires_at <= ?1 LIMIT ?2)";
+
+/// Deletes up to ?2 chords expired at ?1 (ms).
+pub const PRUNE_CHORDS: &str = "DELETE FROM chords WHERE group_id IN
+    (SELECT group_id FROM chords WHERE expires_at IS NOT NULL AND expires_at <= ?1 LIMIT ?2)";

@@ -16,6 +16,12 @@ use serde_json::{json, Map};
 
 use crate::{unique, BoxFuture, Case, CaseResult, FactoryOptions, Instance, Report, Skip};
 
+mod chords;
+use chords::{
+    chord_completes_once_in_header_order, chord_counts_a_member_stored_twice_once,
+    chord_race_has_one_winner,
+};
+
 /// Opens a fresh, isolated result store for one case.
 ///
 /// Implemented for every `Fn(FactoryOptions) -> Fut` where `Fut` resolves to
@@ -66,6 +72,9 @@ cases!(
     groups_save_restore,
     groups_expire,
     concurrent_stores,
+    chord_completes_once_in_header_order,
+    chord_counts_a_member_stored_twice_once,
+    chord_race_has_one_winner,
 );
 
 /// Runs every case whose name contains `filter` (all when `None`) against `factory`, printing
@@ -103,6 +112,9 @@ macro_rules! backend_tests {
             groups_save_restore,
             groups_expire,
             concurrent_stores,
+            chord_completes_once_in_header_order,
+            chord_counts_a_member_stored_twice_once,
+            chord_race_has_one_winner,
         );
     };
     (@cases $factory:expr; $($name:ident),* $(,)?) => {

@@ -2,9 +2,8 @@
 //! `celery-task-meta-<id>` strings written with SETEX and PUBLISHed on the same name, saved
 //! groups as `celery-taskset-meta-<group id>`, and `wait()` over pub/sub as Python's
 //! `AsyncResult.get()` does it (SUBSCRIBE, then GET, then wait for a ready state).
-//!
-//! Key names and the store script live in [`keys`] below (kept in this file rather than
-//! `keys.rs` while the broker side of that file is being written).
+//! Chords are joined with Celery 5.7's keys and scripts (`chord.rs`), so Python and celeriac
+//! workers complete each other's chords. Every key and script is in `keys.rs`.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -24,81 +23,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::url::{connect, RedisUrl};
 
-/// Key names, channels and the Lua script of the result backend, each with its contract.
-pub(crate) mod keys {
-    /// Celery's `BaseKeyValueStoreBackend.task_keyprefix`.
-    pub const TASK_KEYPREFIX: &str = "celery-task-meta-";
-    /// Celery's `BaseKeyValueStoreBackend.group_keyprefix`.
-    pub const GROUP_KEYPREFIX: &str = "celery-taskset-meta-";
-
-    /// The result backend's `global_keyprefix` rule (Celery `_add_global_keyprefix`), which
-    /// differs from the broker's: a non-empty prefix gets `_` appended unless it already ends
-    /// with one of `:`, `_`, `-`, `.`.
-    pub fn backend_prefix(global_keyprefix: &str) -> String {
-        match global_keyprefix.chars().last() {
-            None => String::new(),
-            Some(':' | '_' | '-' | '.') => global_keyprefix.to_string(),
-            Some(_) => format!("{global_keyprefix}_"),
-        }
-    }
-
-    #[derive(Debug, Clone)]
-    pub struct BackendKeys {
-        prefix: String,
-    }
-
-    impl BackendKeys {
-        /// `global_keyprefix` as given in the URL; [`backend_prefix`] is applied here.
-        pub fn new(global_keyprefix: &str) -> Self {
-            BackendKeys {
-                prefix: backend_prefix(global_keyprefix),
-            }
-        }
-
-        /// `[<prefix>]celery-task-meta-<task id>`: string, the task meta JSON. Also the name of
-        /// the pub/sub channel every write is PUBLISHed on (Celery publishes on the key name,
-        /// prefix included), which a waiting `AsyncResult.get()` SUBSCRIBEs to.
-        pub fn task(&self, task_id: &str) -> String {
-            format!("{}{TASK_KEYPREFIX}{task_id}", self.prefix)
-        }
-
-        /// `[<prefix>]celery-taskset-meta-<group id>`: string, a saved GroupResult
-        /// `{"result": [[<group id>, null], [<child tuples>...]]}`; also PUBLISHed on its name
-        /// (Celery's `_save_group` goes through the same `set`).
-        pub fn group(&self, group_id: &str) -> String {
-            format!("{}{GROUP_KEYPREFIX}{group_id}", self.prefix)
-        }
-    }
-
-    /// Stores one task state change the way a Celery worker does (§5.4), atomically.
-    ///
-    /// KEYS[1] = the task meta key (`celery-task-meta-<id>`)
-    /// ARGV[1] = the meta JSON (exactly `TaskMeta::to_json()`)
-    /// ARGV[2] = TTL in whole seconds; `"0"` writes with plain SET (no expiry)
-    /// ARGV[3] = the channel to PUBLISH the same JSON on (the key name)
-    ///
-    /// If the stored value is a meta with `"status": "SUCCESS"` nothing is written or
-    /// published and the script returns 0 (a late duplicate never overwrites a success).
-    /// Otherwise `SETEX KEYS[1] ARGV[2] ARGV[1]` (or `SET`), `PUBLISH ARGV[3] ARGV[1]`,
-    /// return 1. The plain-text search only avoids decoding values that cannot be a
-    /// success; the decision is made on the decoded `status`.
-    pub const STORE_RESULT: &str = r#"
-local current = redis.call('GET', KEYS[1])
-if current and string.find(current, '"SUCCESS"', 1, true) then
-  local ok, meta = pcall(cjson.decode, current)
-  if ok and type(meta) == 'table' and meta['status'] == 'SUCCESS' then
-    return 0
-  end
-end
-if ARGV[2] ~= '0' then
-  redis.call('SETEX', KEYS[1], ARGV[2], ARGV[1])
-else
-  redis.call('SET', KEYS[1], ARGV[1])
-end
-redis.call('PUBLISH', ARGV[3], ARGV[1])
-return 1
-"#;
-}
+mod chord;
+pub(crate) mod keys;
 
 use keys::BackendKeys;
 
@@ -183,6 +109,8 @@ pub struct RedisBackend {
     conn: ConnectionManager,
     keys: BackendKeys,
     store_script: redis::Script,
+    part_script: redis::Script,
+    cleanup_script: redis::Script,
     hub: Arc<Hub>,
 }
 
@@ -215,6 +143,8 @@ impl RedisBackend {
             keys: BackendKeys::new(&parsed.global_keyprefix),
             conn,
             store_script: redis::Script::new(keys::STORE_RESULT),
+            part_script: redis::Script::new(keys::CHORD_PART_RETURN),
+            cleanup_script: redis::Script::new(keys::CHORD_CLEANUP),
             hub: Arc::new(Hub {
                 client,
                 display: display.clone(),
@@ -284,6 +214,10 @@ impl RedisBackend {
 impl ResultBackend for RedisBackend {
     fn display_url(&self) -> String {
         self.display.clone()
+    }
+
+    fn chords(&self) -> Option<&dyn celeriac_core::backend::ChordJoin> {
+        Some(self)
     }
 
     async fn store(&self, meta: &TaskMeta, expires: Option<Duration>) -> Result<(), BackendError> {
