@@ -208,9 +208,10 @@ impl<'a> Applier<'a> {
         plan: &mut Plan,
     ) -> Result<Frozen, ProtocolError> {
         let steps = normalize_chain(steps);
-        let Some((last_index, _)) = steps.iter().enumerate().last() else {
+        if steps.is_empty() {
             return Err(ProtocolError::BadCanvas("an empty chain".into()));
-        };
+        }
+        let last_index = steps.len() - 1;
         let mut first_options = merge_options(own, &added);
         first_options.remove("task_id");
         let mut tail = Map::new();
