@@ -188,6 +188,9 @@ pub enum TaskError {
     Reject { reason: String, requeue: bool },
     /// Drop the message silently: nothing is stored.
     Ignore,
+    /// Celery's `Task.replace(sig)`: the canvas `signature` (a signature dict) runs in this
+    /// task's place, with its id, group, chord and follow-ups; this task stores nothing.
+    Replace { signature: serde_json::Value },
 }
 
 impl TaskError {
@@ -216,6 +219,12 @@ impl TaskError {
         }
     }
 
+    /// Celery's `raise self.replace(sig)`: `signature` (a canvas's signature dict, e.g.
+    /// `Sig::to_value()`) runs in this task's place.
+    pub fn replace(signature: serde_json::Value) -> Self {
+        TaskError::Replace { signature }
+    }
+
     /// The error kind name used by `autoretry_for` and stored as `exc_type`.
     pub fn kind(&self) -> &str {
         match self {
@@ -223,6 +232,7 @@ impl TaskError {
             TaskError::Retry { .. } => "Retry",
             TaskError::Reject { .. } => "Reject",
             TaskError::Ignore => "Ignore",
+            TaskError::Replace { .. } => "Replace",
         }
     }
 }
@@ -239,6 +249,7 @@ impl std::fmt::Display for TaskError {
                 write!(f, "rejected (requeue={requeue}): {reason}")
             }
             TaskError::Ignore => write!(f, "ignored"),
+            TaskError::Replace { signature } => write!(f, "replaced by {signature}"),
         }
     }
 }
@@ -299,6 +310,9 @@ pub enum ArgError {
     UnexpectedKeyword { task: String, name: String },
     #[error("{task}() got multiple values for argument '{name}'")]
     Duplicate { task: String, name: String },
+    /// A call that no parameter list describes (a built-in task's malformed canvas).
+    #[error("{task}(): {reason}")]
+    Invalid { task: String, reason: String },
 }
 
 /// Matches a call's positional and keyword arguments to parameter names, as Python does.

@@ -408,6 +408,44 @@ fn generate(attrs: &TaskAttrs, task: &TaskFn, mut func: ItemFn) -> TokenStream {
                 ::celeriac::Signature::new(#ident { #(#fields),* })
             }
 
+            /// An immutable signature (Celery's `.si()`): in a workflow, no parent's result
+            /// is passed to it.
+            pub fn si(#(#fields: #field_tys),*) -> ::celeriac::canvas::Sig<<#ident as ::celeriac::core::task::Task>::Output> {
+                Self::s(#(#fields),*).si()
+            }
+
+            /// This task applied to each item of `it`, in one task (Celery's `task.map(it)`).
+            pub fn map<__CeleriacItem: ::celeriac::serde::Serialize>(
+                it: impl ::core::iter::IntoIterator<Item = __CeleriacItem>,
+            ) -> ::core::result::Result<
+                ::celeriac::canvas::Sig<::std::vec::Vec<<#ident as ::celeriac::core::task::Task>::Output>>,
+                ::celeriac::Error,
+            > {
+                ::celeriac::canvas::Sig::map::<Self>(it)
+            }
+
+            /// This task called with each item of `it` as its arguments, in one task
+            /// (Celery's `task.starmap(it)`).
+            pub fn starmap<__CeleriacItem: ::celeriac::serde::Serialize>(
+                it: impl ::core::iter::IntoIterator<Item = __CeleriacItem>,
+            ) -> ::core::result::Result<
+                ::celeriac::canvas::Sig<::std::vec::Vec<<#ident as ::celeriac::core::task::Task>::Output>>,
+                ::celeriac::Error,
+            > {
+                ::celeriac::canvas::Sig::starmap::<Self>(it)
+            }
+
+            /// `it` split into tasks of `n` calls each (Celery's `task.chunks(it, n)`).
+            pub fn chunks<__CeleriacItem: ::celeriac::serde::Serialize>(
+                it: impl ::core::iter::IntoIterator<Item = __CeleriacItem>,
+                n: usize,
+            ) -> ::core::result::Result<
+                ::celeriac::canvas::Group<::std::vec::Vec<<#ident as ::celeriac::core::task::Task>::Output>>,
+                ::celeriac::Error,
+            > {
+                ::celeriac::canvas::chunks::<Self>(it, n)
+            }
+
             #[doc = #delay_doc]
             pub async fn delay(
                 #app_ident: &::celeriac::App,

@@ -13,10 +13,10 @@ use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use celeriac_core::backend::ReplyTo;
+use celeriac_core::backend::{ChordJoin, ChordPart, PartReturn, ReplyTo};
 use celeriac_core::message::TaskMessage;
 use celeriac_core::state::TaskMeta;
-use celeriac_core::{ErrorKind, ResultBackend};
+use celeriac_core::{BackendError, ErrorKind, ResultBackend};
 use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
@@ -62,27 +62,79 @@ impl Completer {
 
     /// Stores `meta` for the task of `msg`, retrying a failing backend until the bound.
     pub(crate) async fn store(&self, msg: &TaskMessage, meta: &TaskMeta) -> Stored {
-        let expires = if meta.status.is_ready() {
-            self.result_expires
-        } else {
-            None
-        };
+        let expires = self.expires_for(meta);
         let reply_to = msg.properties.reply_to.as_deref().map(|queue| ReplyTo {
             queue,
             correlation_id: &msg.properties.correlation_id,
         });
+        let stored = self
+            .retrying(meta, || self.backend.store_reply(meta, expires, reply_to))
+            .await;
+        if stored.is_some() {
+            Stored::Yes
+        } else {
+            Stored::No
+        }
+    }
+
+    /// Stores a state of a task this worker has no message of (a chain step that will not
+    /// run, a chord body that failed), retrying as [`Completer::store`].
+    pub(crate) async fn store_meta(&self, meta: &TaskMeta) -> Stored {
+        let expires = self.expires_for(meta);
+        match self.retrying(meta, || self.backend.store(meta, expires)).await {
+            Some(()) => Stored::Yes,
+            None => Stored::No,
+        }
+    }
+
+    /// Stores the final state of a chord's header task and counts it in its chord, retrying
+    /// as [`Completer::store`]. `None`: not stored (the caller requeues a late-ack message).
+    pub(crate) async fn store_part(
+        &self,
+        joins: &dyn ChordJoin,
+        meta: &TaskMeta,
+        part: ChordPart<'_>,
+    ) -> Option<PartReturn> {
+        let expires = self.expires_for(meta);
+        self.retrying(meta, || joins.store_part(meta, expires, part))
+            .await
+    }
+
+    /// The backend, for the follow-ups that need it (chords).
+    pub(crate) fn backend(&self) -> &Arc<dyn ResultBackend> {
+        &self.backend
+    }
+
+    pub(crate) fn result_expires(&self) -> Option<Duration> {
+        self.result_expires
+    }
+
+    fn expires_for(&self, meta: &TaskMeta) -> Option<Duration> {
+        if meta.status.is_ready() {
+            self.result_expires
+        } else {
+            None
+        }
+    }
+
+    /// Runs `op` until it succeeds, a permanent error, the retry bound, or a cold shutdown.
+    async fn retrying<T, F, Fut>(&self, meta: &TaskMeta, op: F) -> Option<T>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T, BackendError>>,
+    {
         let deadline = tokio::time::Instant::now() + self.retry_for;
         let mut pause = FIRST_PAUSE;
         let mut attempts = 0u32;
         let mut phase = self.phase.clone();
         let stopping = |p: &Phase| *p == Phase::Stopping;
         loop {
-            let err = match self.backend.store_reply(meta, expires, reply_to).await {
-                Ok(()) => {
+            let err = match op().await {
+                Ok(value) => {
                     if attempts > 0 {
                         info!(task_id = %meta.task_id, "stored {} result after {attempts} retries", meta.status);
                     }
-                    return Stored::Yes;
+                    return Some(value);
                 }
                 Err(e) => e,
             };
@@ -90,7 +142,7 @@ impl Completer {
             let now = tokio::time::Instant::now();
             if permanent || now >= deadline || stopping(&phase.borrow()) {
                 error!(task_id = %meta.task_id, "could not store {} result (gave up after {attempts} retries): {err}", meta.status);
-                return Stored::No;
+                return None;
             }
             if attempts == 0 {
                 warn!(task_id = %meta.task_id, "could not store {} result, retrying for up to {:?}: {err}", meta.status, self.retry_for);

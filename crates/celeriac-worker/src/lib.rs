@@ -7,6 +7,7 @@
 //! what each pool enforces.
 
 mod autoscale;
+mod builtins;
 mod capacity;
 mod completer;
 mod config;
@@ -14,6 +15,7 @@ mod consumer;
 mod control_commands;
 mod control_queues;
 mod events;
+mod followups;
 mod hooks;
 mod keepalive;
 mod limiter;

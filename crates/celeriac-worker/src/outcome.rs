@@ -41,6 +41,8 @@ pub(crate) enum Outcome {
         requeue: bool,
     },
     Ignored,
+    /// `Task.replace`: this canvas (a signature dict) runs in the task's place.
+    Replaced(Value),
     TimeLimited(Duration),
     /// `revoked` (before it ran), `terminated` or `expired`.
     Revoked(&'static str),
@@ -95,6 +97,7 @@ impl Outcome {
             },
             TaskError::Reject { reason, requeue } => Outcome::Rejected { reason, requeue },
             TaskError::Ignore => Outcome::Ignored,
+            TaskError::Replace { signature } => Outcome::Replaced(signature),
             other => Outcome::Failed {
                 exception: ExceptionInfo::new("RuntimeError", other.to_string()),
                 traceback: None,
@@ -137,6 +140,7 @@ impl Shared {
                 self.rejected(req, reason, requeue, done).await
             }
             Outcome::Ignored => done,
+            Outcome::Replaced(signature) => self.replaced(req, &signature, runtime, done).await,
             Outcome::TimeLimited(limit) => self.time_limited(req, limit, runtime, done).await,
             Outcome::Revoked(reason) => self.revoked(req, reason, done).await,
             Outcome::ColdStopped => self.cold_stopped(req, runtime, done).await,
@@ -160,8 +164,15 @@ impl Shared {
                 .str("result", &celeriac_core::repr::repr(&value))
                 .f64("runtime", runtime.as_secs_f64());
         });
-        if self.keeps_result(req) {
-            after_store(self.store(req.msg, &req.builder.success(value)).await, done)
+        // Follow-ups go out before the result is stored (as in Celery), so its children
+        // name them and whoever sees SUCCESS finds the next step already sent.
+        let Ok(children) = self.send_success_followups(req, &value).await else {
+            return if done == Settle::Ack { Settle::Requeue } else { done };
+        };
+        if self.keeps_result(req) || req.msg.embed.chord.is_some() {
+            let mut meta = req.builder.success(value);
+            meta.children = Some(children);
+            after_store(self.store(req.msg, &meta).await, done)
         } else {
             self.completer.record_finished(&h.id);
             done
@@ -185,8 +196,28 @@ impl Shared {
                 .str("exception", &exc.repr())
                 .opt_str("traceback", traceback.as_deref());
         });
-        self.store(req.msg, &req.builder.failure(exc, traceback))
-            .await
+        let stored = self
+            .store(req.msg, &req.builder.failure(exc, traceback.clone()))
+            .await;
+        self.send_failure_followups(req.msg, exc, traceback.as_deref())
+            .await;
+        stored
+    }
+
+    async fn replaced(
+        &self,
+        req: &Request<'_>,
+        signature: &Value,
+        runtime: Duration,
+        done: Settle,
+    ) -> Settle {
+        match self.replace_task(req, signature).await {
+            Ok(()) => done,
+            Err(why) => {
+                let exc = ExceptionInfo::new("ReplaceError", format!("could not replace the task: {why}"));
+                after_store(self.fail(req, &exc, None, runtime).await, done)
+            }
+        }
     }
 
     async fn rejected(
@@ -373,7 +404,15 @@ impl Shared {
     /// Stores a state of the task of `msg` (retried while the backend fails, see
     /// `completer.rs`); a final state stored is remembered as finished.
     pub(crate) async fn store(&self, msg: &TaskMessage, meta: &TaskMeta) -> Stored {
-        let stored = self.completer.store(msg, meta).await;
+        let chord = msg.embed.chord.as_ref().filter(|_| meta.status.is_ready());
+        let stored = match chord {
+            Some(body) => {
+                let h = &msg.headers;
+                self.count_in_chord(meta, body, h.group_index, h.root_id.as_deref())
+                    .await
+            }
+            None => self.completer.store(msg, meta).await,
+        };
         if stored == Stored::Yes && meta.status.is_ready() {
             self.completer.record_finished(&meta.task_id);
         }

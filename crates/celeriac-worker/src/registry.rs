@@ -57,6 +57,9 @@ impl<T: Task> ErasedTask for Typed<T> {
 #[derive(Clone, Default)]
 pub struct Registry {
     tasks: BTreeMap<String, Arc<dyn ErasedTask>>,
+    /// Celery's built-ins, left out of [`Registry::names`] as Celery leaves them out of the
+    /// banner and `inspect registered`.
+    builtins: std::collections::BTreeSet<String>,
 }
 
 impl Registry {
@@ -80,20 +83,39 @@ impl Registry {
         }
     }
 
+    /// Registers a task with its types already erased (the built-ins).
+    pub(crate) fn register_erased(&mut self, task: Arc<dyn ErasedTask>) {
+        self.builtins.insert(task.name().to_string());
+        self.tasks.insert(task.name().to_string(), task);
+    }
+
+    /// Adds Celery's built-in tasks (`celery.map`, `celery.chunks`, ...; `builtins.rs`),
+    /// which every worker runs. Call it after registering the app's tasks: the map tasks call
+    /// those registered before.
+    pub fn with_builtins(mut self) -> Self {
+        crate::builtins::add_builtins(&mut self);
+        self
+    }
+
     pub fn get(&self, name: &str) -> Option<&Arc<dyn ErasedTask>> {
         self.tasks.get(name)
     }
 
-    /// Registered names, sorted (aliases included).
+    /// Registered names, sorted (aliases included), Celery's built-ins left out.
     pub fn names(&self) -> Vec<&str> {
-        self.tasks.keys().map(String::as_str).collect()
+        self.tasks
+            .keys()
+            .filter(|name| !self.builtins.contains(*name))
+            .map(String::as_str)
+            .collect()
     }
 
+    /// How many names [`Registry::names`] lists.
     pub fn len(&self) -> usize {
-        self.tasks.len()
+        self.tasks.len() - self.builtins.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.tasks.is_empty()
+        self.len() == 0
     }
 }

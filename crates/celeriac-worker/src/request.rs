@@ -174,6 +174,7 @@ impl Shared {
             return Some(settle);
         }
         if req.delivery.redelivered && self.already_finished(h).await {
+            self.resume_followups(req).await;
             return Some(Settle::Ack);
         }
         None

@@ -12,6 +12,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, OnceLock};
 
 use celeriac_core::broker::ConsumerSpec;
+use celeriac_core::canvas::{FixedQueue, Router};
 use celeriac_core::{Broker, Consumer, DeliveryTag, ResultBackend};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
@@ -29,6 +30,9 @@ use crate::request::InHandIds;
 use crate::revocations::Revoked;
 use crate::shutdown::{Phase, ShutdownHandle};
 use crate::{WorkerConfig, WorkerError};
+
+/// Celery's `task_default_queue`.
+const DEFAULT_QUEUE: &str = "celery";
 
 /// Counters a worker keeps (read them through [`Worker::stats`]).
 #[derive(Debug, Default)]
@@ -57,6 +61,7 @@ pub struct Worker {
     backend: Arc<dyn ResultBackend>,
     registry: Arc<Registry>,
     hooks: Arc<Hooks>,
+    router: Arc<dyn Router>,
     config: WorkerConfig,
     phase: Arc<watch::Sender<Phase>>,
     counters: Arc<Counters>,
@@ -77,6 +82,9 @@ pub(crate) struct Shared {
     pub completer: Completer,
     pub registry: Arc<Registry>,
     pub hooks: Arc<Hooks>,
+    /// Where follow-ups (chain steps, callbacks, chord bodies) go when their signature
+    /// names no queue.
+    pub router: Arc<dyn Router>,
     pub config: WorkerConfig,
     pub limiter: RateLimiter,
     pub pool: Arc<dyn Pool>,
@@ -109,12 +117,18 @@ impl Worker {
         config: WorkerConfig,
     ) -> Self {
         let (phase, _) = watch::channel(Phase::Running);
+        let registry = if registry.get(crate::followups::ACCUMULATE_TASK).is_some() {
+            registry
+        } else {
+            Arc::new((*registry).clone().with_builtins())
+        };
         Worker {
             pool_watch: PoolWatch::default(),
             broker,
             backend,
             registry,
             hooks: Arc::default(),
+            router: Arc::new(FixedQueue(DEFAULT_QUEUE.into())),
             config,
             phase: Arc::new(phase),
             counters: Arc::default(),
@@ -124,6 +138,13 @@ impl Worker {
     /// The hooks to call (Celery's signals).
     pub fn with_hooks(mut self, hooks: Arc<Hooks>) -> Self {
         self.hooks = hooks;
+        self
+    }
+
+    /// How follow-ups are routed (the app's `task_routes`, task queues and default queue);
+    /// without it they go to `celery` unless their signature names a queue.
+    pub fn with_router(mut self, router: Arc<dyn Router>) -> Self {
+        self.router = router;
         self
     }
 
@@ -227,6 +248,7 @@ impl Worker {
             ),
             registry: self.registry.clone(),
             hooks: self.hooks.clone(),
+            router: self.router.clone(),
             limiter: RateLimiter::default(),
             pool,
             window: Capacity::new(config.initial_size() * config.reserved_per_slot()),

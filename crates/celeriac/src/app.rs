@@ -118,7 +118,7 @@ impl AppBuilder {
             inner: Arc::new(AppInner {
                 name: self.name,
                 config: self.config,
-                registry: Arc::new(self.registry),
+                registry: Arc::new(self.registry.with_builtins()),
                 hooks: Arc::new(self.hooks),
                 connections: OnceCell::new(),
                 oid: celeriac_core::message::new_id(),
@@ -254,7 +254,16 @@ impl App {
             self.inner.registry.clone(),
             config,
         )
-        .with_hooks(self.inner.hooks.clone()))
+        .with_hooks(self.inner.hooks.clone())
+        .with_router(Arc::new(self.router())))
+    }
+
+    /// The app's routing, for anything applied without a queue of its own.
+    pub(crate) fn router(&self) -> crate::routing::AppRouter {
+        crate::routing::AppRouter {
+            config: self.inner.config.clone(),
+            registry: self.inner.registry.clone(),
+        }
     }
 
     /// The hooks registered with [`AppBuilder::hooks`].

@@ -146,6 +146,34 @@ impl<T: Task> Signature<T> {
         Ok(AsyncResult::new(app.clone(), id))
     }
 
+    pub(crate) fn into_parts(self) -> (T, CallOptions) {
+        (self.task, self.options)
+    }
+
+    /// This call, immutable, as a workflow step (Celery's `.si()`): a parent's result is
+    /// not passed to it.
+    pub fn si(self) -> crate::canvas::Sig<T::Output> {
+        crate::canvas::Sig::from(self).immutable()
+    }
+
+    /// A chain: this call, then `next` with its result.
+    pub fn then<P>(self, next: impl Into<crate::canvas::Sig<P>>) -> crate::canvas::Sig<P> {
+        crate::canvas::Sig::from(self).then(next)
+    }
+
+    /// On success, `callback` is applied with the result (Celery's `link`).
+    pub fn link<P>(self, callback: impl Into<crate::canvas::Sig<P>>) -> crate::canvas::Sig<T::Output> {
+        crate::canvas::Sig::from(self).link(callback)
+    }
+
+    /// On failure, `errback` is sent with the failed task's id first (`link_error`).
+    pub fn link_error<P>(
+        self,
+        errback: impl Into<crate::canvas::Sig<P>>,
+    ) -> crate::canvas::Sig<T::Output> {
+        crate::canvas::Sig::from(self).link_error(errback)
+    }
+
     /// The call as an untyped [`Call`], e.g. to send it in a batch.
     pub fn into_call(self) -> Call {
         let (args, kwargs) = self.task.to_call();
@@ -183,6 +211,10 @@ impl Call {
     }
 
     option_setters!();
+
+    pub(crate) fn into_parts(self) -> (String, Vec<Value>, Map<String, Value>, CallOptions) {
+        (self.name, self.args, self.kwargs, self.options)
+    }
 
     pub async fn send(self, app: &App) -> Result<AsyncResult<Value>, Error> {
         let publish = self.to_publish(app)?;
@@ -246,7 +278,7 @@ impl App {
 
 /// Publishes encoded calls (one, or a batch in one round trip), with the publish hooks
 /// around it and the result backend told first.
-async fn send_all(app: &App, publishes: Vec<Publish>) -> Result<(), Error> {
+pub(crate) async fn send_all(app: &App, publishes: Vec<Publish>) -> Result<(), Error> {
     let hooks = app.hooks().clone();
     let infos = |publishes: &[Publish]| -> Vec<(String, String, String)> {
         publishes
@@ -351,12 +383,9 @@ fn resolve(
         (None, None, Some(after)) => Some(after_now(after)?),
         (None, None, None) => None,
     };
-    let queue = call
-        .queue
-        .clone()
-        .or_else(|| app.config().route(name).map(str::to_string))
-        .or_else(|| task.and_then(|t| t.queue.clone()))
-        .unwrap_or_else(|| app.config().task_default_queue.clone());
+    let queue = call.queue.clone().unwrap_or_else(|| {
+        crate::routing::queue_for(app.config(), app.registry(), name, attributes)
+    });
     let priority = call
         .priority
         .or(task.and_then(|t| t.priority))

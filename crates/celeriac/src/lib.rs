@@ -31,11 +31,13 @@
 //! feature it needs.
 
 mod app;
+pub mod canvas;
 mod client;
 mod config;
 mod connect;
 mod error;
 mod result;
+mod routing;
 mod sent_events;
 
 pub use app::{App, AppBuilder};
@@ -44,7 +46,7 @@ pub use config::{
     setting_names, Config, ConfigEntry, ConfigError, ConfigSources, LoadedConfig, Origin,
 };
 pub use error::{Error, RemoteError, ResultError};
-pub use result::AsyncResult;
+pub use result::{AsyncResult, GroupResult, Parent, ResultSet};
 
 pub use celeriac_core as core;
 pub use celeriac_core::broker::Signal;
@@ -56,4 +58,5 @@ pub use celeriac_worker::{
     AutoscaleConfig, ChildCommand, HookResult, Hooks, Optimization, PoolKind, ProcessInfo,
     PublishInfo, ShutdownHandle, TaskInfo, Worker, WorkerConfig, WorkerError, WorkerInfo,
 };
+pub use serde;
 pub use serde_json;

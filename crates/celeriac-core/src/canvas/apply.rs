@@ -94,7 +94,7 @@ pub struct Applier<'a> {
 }
 
 /// Options that belong to the step whose result is the canvas's result (a chain's last).
-const TAIL_OPTIONS: [&str; 4] = ["link", "group_id", "group_index", "chord"];
+const TAIL_OPTIONS: [&str; 5] = ["task_id", "link", "group_id", "group_index", "chord"];
 
 impl<'a> Applier<'a> {
     pub fn new(router: &'a dyn Router, now: DateTime<Utc>) -> Self {
@@ -213,7 +213,6 @@ impl<'a> Applier<'a> {
         }
         let last_index = steps.len() - 1;
         let mut first_options = merge_options(own, &added);
-        first_options.remove("task_id");
         let mut tail = Map::new();
         for key in TAIL_OPTIONS {
             if let Some(value) = first_options.remove(key) {
@@ -269,9 +268,12 @@ impl<'a> Applier<'a> {
             );
         }
         let mut options = merge_options(own, &added);
-        options.remove("task_id");
         let group_id = new_id();
         let mut body = body.clone();
+        // The chord's id is its body's: that is where its result will be.
+        if let Some(id) = options.remove("task_id") {
+            body.options_mut().insert("task_id".into(), id);
+        }
         for (key, value) in &options {
             if !matches!(
                 key.as_str(),
@@ -280,7 +282,7 @@ impl<'a> Applier<'a> {
                 add_option(&mut body, key, value.clone());
             }
         }
-        options_mut(&mut body).insert("group_id".into(), json!(group_id));
+        body.options_mut().insert("group_id".into(), json!(group_id));
         let body_result = frozen_of(&body);
         if header.is_empty() {
             let result = self.apply_frozen(&body, &[json!([])], Map::new(), plan)?;
@@ -335,22 +337,10 @@ fn take_str(options: &mut Map<String, Value>, key: &str) -> Option<String> {
     }
 }
 
-/// The options map of a canvas (a task's signature options, a primitive's own).
-fn options_mut(canvas: &mut Canvas) -> &mut Map<String, Value> {
-    match canvas {
-        Canvas::Task(sig) => &mut sig.options,
-        Canvas::Chain(_, o) | Canvas::Group(_, o) => o,
-        Canvas::Chord { options, .. }
-        | Canvas::Map { options, .. }
-        | Canvas::Starmap { options, .. }
-        | Canvas::Chunks { options, .. } => options,
-    }
-}
-
 /// Adds an option to a canvas, where Celery's `set()` would put it; list options (`link`,
 /// `link_error`) are appended to, others left as the canvas has them.
 fn add_option(canvas: &mut Canvas, key: &str, value: Value) {
-    let options = options_mut(canvas);
+    let options = canvas.options_mut();
     if matches!(key, "link" | "link_error") {
         let mut list = super::leaf::list_option(options, key).unwrap_or_default();
         match value {
@@ -519,7 +509,7 @@ fn chunks_group(
                 options: Map::new(),
             };
             if let Some(queue) = options.get("queue") {
-                options_mut(&mut starmap).insert("queue".into(), queue.clone());
+                starmap.options_mut().insert("queue".into(), queue.clone());
             }
             debug_assert_eq!(starmap.to_signature().task, STARMAP_TASK);
             starmap

@@ -56,7 +56,7 @@ pub fn call_args(sig: &Signature, prepend: &[Value]) -> Vec<Value> {
 }
 
 /// A list option (`link`, `link_error`, `chain`) as a list of signature dicts.
-pub(crate) fn list_option(options: &Map<String, Value>, key: &str) -> Option<Vec<Value>> {
+pub fn list_option(options: &Map<String, Value>, key: &str) -> Option<Vec<Value>> {
     match options.get(key) {
         None | Some(Value::Null) => None,
         Some(Value::Array(items)) => Some(items.clone()),

@@ -7,7 +7,7 @@ mod apply;
 mod leaf;
 
 pub use apply::{freeze, normalize_chain, Applier, ChordStart, Frozen, Plan};
-pub use leaf::{call_args, merge_options, task_publish, FixedQueue, Router};
+pub use leaf::{call_args, list_option, merge_options, task_publish, FixedQueue, Router};
 
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{json, Map, Value};
@@ -152,6 +152,29 @@ fn list(value: Option<&Value>, what: &str, sig: &Signature) -> Result<Vec<Value>
 }
 
 impl Canvas {
+    /// The canvas's `apply_async` options (a task's signature options, a primitive's own).
+    pub fn options(&self) -> &Map<String, Value> {
+        match self {
+            Canvas::Task(sig) => &sig.options,
+            Canvas::Chain(_, o) | Canvas::Group(_, o) => o,
+            Canvas::Chord { options, .. }
+            | Canvas::Map { options, .. }
+            | Canvas::Starmap { options, .. }
+            | Canvas::Chunks { options, .. } => options,
+        }
+    }
+
+    pub fn options_mut(&mut self) -> &mut Map<String, Value> {
+        match self {
+            Canvas::Task(sig) => &mut sig.options,
+            Canvas::Chain(_, o) | Canvas::Group(_, o) => o,
+            Canvas::Chord { options, .. }
+            | Canvas::Map { options, .. }
+            | Canvas::Starmap { options, .. }
+            | Canvas::Chunks { options, .. } => options,
+        }
+    }
+
     pub fn from_value(value: &Value) -> Result<Canvas, ProtocolError> {
         Canvas::from_signature(&Signature::from_value(value)?)
     }

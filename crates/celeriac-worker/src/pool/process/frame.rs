@@ -102,6 +102,9 @@ pub(crate) enum ResultFrame {
         requeue: bool,
     },
     Ignore,
+    Replace {
+        signature: Value,
+    },
 }
 
 impl ResultFrame {
@@ -128,6 +131,7 @@ impl ResultFrame {
             },
             Err(TaskError::Reject { reason, requeue }) => ResultFrame::Reject { reason, requeue },
             Err(TaskError::Ignore) => ResultFrame::Ignore,
+            Err(TaskError::Replace { signature }) => ResultFrame::Replace { signature },
             Err(other) => ResultFrame::Failure {
                 exception: ExceptionInfo::new("RuntimeError", other.to_string()).to_value(),
                 traceback: None,
@@ -164,6 +168,7 @@ impl ResultFrame {
             }),
             ResultFrame::Reject { reason, requeue } => Err(TaskError::Reject { reason, requeue }),
             ResultFrame::Ignore => Err(TaskError::Ignore),
+            ResultFrame::Replace { signature } => Err(TaskError::Replace { signature }),
         }
     }
 }

@@ -1,7 +1,16 @@
-//! `AsyncResult`: a handle on one task's result.
+//! `AsyncResult`: a handle on one task's result; `GroupResult` / `ResultSet` (`group.rs`):
+//! handles on several.
+
+mod group;
+
+pub use group::{GroupResult, ResultSet};
 
 use std::marker::PhantomData;
+use std::sync::Arc;
 use std::time::Duration;
+
+use celeriac_core::canvas::Frozen;
+use serde_json::Value;
 
 use celeriac_core::state::{TaskMeta, TaskState};
 use serde::de::DeserializeOwned;
@@ -12,7 +21,15 @@ use crate::error::{Error, RemoteError, ResultError};
 pub struct AsyncResult<T> {
     app: App,
     id: String,
+    parent: Option<Arc<Parent>>,
     _output: PhantomData<fn() -> T>,
+}
+
+/// What ran before a workflow step: the previous step of a chain, or a chord's header.
+#[derive(Debug, Clone)]
+pub enum Parent {
+    Task(AsyncResult<Value>),
+    Group(GroupResult<Value>),
 }
 
 impl<T> Clone for AsyncResult<T> {
@@ -20,6 +37,56 @@ impl<T> Clone for AsyncResult<T> {
         AsyncResult {
             app: self.app.clone(),
             id: self.id.clone(),
+            parent: self.parent.clone(),
+            _output: PhantomData,
+        }
+    }
+}
+
+impl Parent {
+    fn from_frozen(app: &App, frozen: &Frozen) -> Parent {
+        match GroupResult::from_frozen(app, frozen) {
+            Some(group) => Parent::Group(group),
+            None => Parent::Task(AsyncResult::from_frozen(app, frozen)),
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        match self {
+            Parent::Task(r) => r.id(),
+            Parent::Group(g) => g.id(),
+        }
+    }
+}
+
+impl<T> AsyncResult<T> {
+    /// The handle on a workflow's result from the ids its planner gave it.
+    pub(crate) fn from_frozen(app: &App, frozen: &Frozen) -> Self {
+        let (id, parent) = match frozen {
+            Frozen::Task { id, parent } | Frozen::Group { id, parent, .. } => (id, parent),
+        };
+        AsyncResult {
+            app: app.clone(),
+            id: id.clone(),
+            parent: parent
+                .as_deref()
+                .map(|p| Arc::new(Parent::from_frozen(app, p))),
+            _output: PhantomData,
+        }
+    }
+
+    /// The step before this one in its workflow (Celery's `AsyncResult.parent`), when this
+    /// handle came from applying one.
+    pub fn parent(&self) -> Option<&Parent> {
+        self.parent.as_deref()
+    }
+
+    /// The same result decoded as `P`.
+    pub fn typed<P>(self) -> AsyncResult<P> {
+        AsyncResult {
+            app: self.app,
+            id: self.id,
+            parent: self.parent,
             _output: PhantomData,
         }
     }
@@ -36,6 +103,7 @@ impl<T: DeserializeOwned> AsyncResult<T> {
         AsyncResult {
             app,
             id: id.into(),
+            parent: None,
             _output: PhantomData,
         }
     }
@@ -102,7 +170,7 @@ impl<T: DeserializeOwned> AsyncResult<T> {
     }
 }
 
-fn decode_ready<T: DeserializeOwned>(id: &str, meta: TaskMeta) -> Result<T, ResultError> {
+pub(crate) fn decode_ready<T: DeserializeOwned>(id: &str, meta: TaskMeta) -> Result<T, ResultError> {
     if meta.status == TaskState::Success {
         return celeriac_core::json::from_value(&meta.result).map_err(|e| ResultError::Decode {
             task_id: id.to_string(),

@@ -1,0 +1,195 @@
+//! Handles on several results: [`ResultSet`] (any list of them) and [`GroupResult`] (a
+//! group's, with its id: it can be saved in the backend and restored by id, as Celery's).
+
+use std::marker::PhantomData;
+use std::time::Duration;
+
+use celeriac_core::canvas::Frozen;
+use celeriac_core::state::TaskState;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use super::AsyncResult;
+use crate::app::App;
+use crate::error::{Error, ResultError};
+
+/// Several results, read in the order they were given.
+pub struct ResultSet<T> {
+    app: App,
+    results: Vec<AsyncResult<T>>,
+}
+
+impl<T> Clone for ResultSet<T> {
+    fn clone(&self) -> Self {
+        ResultSet {
+            app: self.app.clone(),
+            results: self.results.clone(),
+        }
+    }
+}
+
+impl<T> std::fmt::Debug for ResultSet<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(&self.results).finish()
+    }
+}
+
+impl<T: DeserializeOwned> ResultSet<T> {
+    pub fn new(app: App, results: Vec<AsyncResult<T>>) -> Self {
+        ResultSet { app, results }
+    }
+
+    pub fn results(&self) -> &[AsyncResult<T>] {
+        &self.results
+    }
+
+    pub fn len(&self) -> usize {
+        self.results.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.results.is_empty()
+    }
+
+    /// Waits up to `timeout` in all for every result; returns them in order, or the first
+    /// failure in order (Celery's `join(propagate=True)`). Each wait is the backend's push
+    /// (pub/sub, the store's wake-up), never a polling interval.
+    pub async fn get(&self, timeout: Duration) -> Result<Vec<T>, ResultError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut out = Vec::with_capacity(self.results.len());
+        for result in &self.results {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            out.push(result.get(left).await?);
+        }
+        Ok(out)
+    }
+
+    async fn states(&self) -> Result<Vec<TaskState>, Error> {
+        let mut states = Vec::with_capacity(self.results.len());
+        for result in &self.results {
+            states.push(result.state().await?);
+        }
+        Ok(states)
+    }
+
+    /// How many finished successfully.
+    pub async fn completed_count(&self) -> Result<usize, Error> {
+        let states = self.states().await?;
+        Ok(states.iter().filter(|s| **s == TaskState::Success).count())
+    }
+
+    /// Whether every one finished (SUCCESS, FAILURE or REVOKED).
+    pub async fn ready(&self) -> Result<bool, Error> {
+        Ok(self.states().await?.iter().all(TaskState::is_ready))
+    }
+
+    /// Whether every one succeeded.
+    pub async fn successful(&self) -> Result<bool, Error> {
+        let states = self.states().await?;
+        Ok(states.iter().all(|s| *s == TaskState::Success))
+    }
+
+    /// Whether any failed.
+    pub async fn failed(&self) -> Result<bool, Error> {
+        let states = self.states().await?;
+        Ok(states.iter().any(|s| *s == TaskState::Failure))
+    }
+
+    /// Revokes every one durably; with `terminate`, stops those running.
+    pub async fn revoke(&self, terminate: bool) -> Result<(), Error> {
+        let ids: Vec<String> = self.results.iter().map(|r| r.id().to_string()).collect();
+        self.app.revoke(&ids, terminate).await
+    }
+
+    /// Removes every stored result.
+    pub async fn forget(&self) -> Result<(), Error> {
+        for result in &self.results {
+            result.forget().await?;
+        }
+        Ok(())
+    }
+}
+
+/// A group's results, with the group's id.
+pub struct GroupResult<T> {
+    id: String,
+    set: ResultSet<T>,
+    _output: PhantomData<fn() -> T>,
+}
+
+impl<T> Clone for GroupResult<T> {
+    fn clone(&self) -> Self {
+        GroupResult {
+            id: self.id.clone(),
+            set: self.set.clone(),
+            _output: PhantomData,
+        }
+    }
+}
+
+impl<T> std::fmt::Debug for GroupResult<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "<GroupResult: {} {:?}>", self.id, self.set)
+    }
+}
+
+impl<T> std::ops::Deref for GroupResult<T> {
+    type Target = ResultSet<T>;
+    fn deref(&self) -> &ResultSet<T> {
+        &self.set
+    }
+}
+
+impl<T> GroupResult<T> {
+    /// The handle on a group's results from the ids its planner gave them; `None` when
+    /// `frozen` is a single task's.
+    pub(crate) fn from_frozen(app: &App, frozen: &Frozen) -> Option<Self> {
+        let Frozen::Group { id, members, .. } = frozen else {
+            return None;
+        };
+        Some(GroupResult {
+            id: id.clone(),
+            set: ResultSet {
+                app: app.clone(),
+                results: members
+                    .iter()
+                    .map(|m| AsyncResult::from_frozen(app, m))
+                    .collect(),
+            },
+            _output: PhantomData,
+        })
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+impl<T: DeserializeOwned> GroupResult<T> {
+    /// Saves the group's member ids in the backend (Celery's `GroupResult.save()`), so any
+    /// process can [`restore`](GroupResult::restore) it by id.
+    pub async fn save(&self) -> Result<(), Error> {
+        let ids: Vec<String> = self.results().iter().map(|r| r.id().to_string()).collect();
+        let backend = self.set.app.backend().await?;
+        Ok(backend
+            .save_group(&self.id, &ids, self.set.app.result_expires())
+            .await?)
+    }
+}
+
+impl GroupResult<Value> {
+    /// A group saved by [`save`](GroupResult::save) (here or by Python), or `None`.
+    pub async fn restore(app: &App, id: &str) -> Result<Option<GroupResult<Value>>, Error> {
+        let Some(ids) = app.backend().await?.restore_group(id).await? else {
+            return Ok(None);
+        };
+        Ok(Some(GroupResult {
+            id: id.to_string(),
+            set: ResultSet {
+                app: app.clone(),
+                results: ids.into_iter().map(|i| AsyncResult::new(app.clone(), i)).collect(),
+            },
+            _output: PhantomData,
+        }))
+    }
+}
