@@ -4,6 +4,7 @@
 extern crate self as celeriac;
 
 pub use celeriac_core as core;
+pub use serde;
 pub use serde_json;
 
 use std::marker::PhantomData;
@@ -25,6 +26,52 @@ impl<T: Task> Signature<T> {
     }
     pub async fn apply_async(self, _app: &App) -> Result<AsyncResult<T::Output>, Error> {
         Ok(AsyncResult(self.0.to_call(), PhantomData))
+    }
+}
+
+impl<T: Task> Signature<T> {
+    pub fn si(self) -> canvas::Sig<T::Output> {
+        canvas::Sig(T::NAME, self.0.to_call().0, PhantomData)
+    }
+}
+
+/// Stand-ins for the facade's workflow API: what each generated constructor builds.
+pub mod canvas {
+    use super::*;
+
+    pub struct Sig<O>(pub &'static str, pub Vec<Value>, pub PhantomData<O>);
+    pub struct Group<O>(pub Vec<Sig<O>>);
+
+    fn values(it: impl IntoIterator<Item = impl serde::Serialize>) -> Vec<Value> {
+        it.into_iter()
+            .map(|i| serde_json::to_value(i).unwrap())
+            .collect()
+    }
+
+    impl Sig<Value> {
+        pub fn map<T: Task>(
+            it: impl IntoIterator<Item = impl serde::Serialize>,
+        ) -> Result<Sig<Vec<T::Output>>, Error> {
+            Ok(Sig("celery.map", values(it), PhantomData))
+        }
+        pub fn starmap<T: Task>(
+            it: impl IntoIterator<Item = impl serde::Serialize>,
+        ) -> Result<Sig<Vec<T::Output>>, Error> {
+            Ok(Sig("celery.starmap", values(it), PhantomData))
+        }
+    }
+
+    pub fn chunks<T: Task>(
+        it: impl IntoIterator<Item = impl serde::Serialize>,
+        n: usize,
+    ) -> Result<Group<Vec<T::Output>>, Error> {
+        let items = values(it);
+        Ok(Group(
+            items
+                .chunks(n)
+                .map(|c| Sig("celery.starmap", c.to_vec(), PhantomData))
+                .collect(),
+        ))
     }
 }
 

@@ -96,7 +96,9 @@ impl ErasedTask for Builtin {
             Kind::Map { star } => self.map(star, kwargs, ctx),
             Kind::Replace => {
                 let canvas = self.canvas_of(kwargs)?;
-                Ok(done(Err(TaskError::replace(canvas.to_signature().to_value()))))
+                Ok(done(Err(TaskError::replace(
+                    canvas.to_signature().to_value(),
+                ))))
             }
             Kind::Accumulate => {
                 let index = kwargs.get("index").and_then(Value::as_u64);
@@ -169,7 +171,10 @@ impl Builtin {
                 };
                 let mut dict = Map::new();
                 dict.insert("header".into(), header);
-                dict.insert("body".into(), kwargs.get("body").cloned().unwrap_or(Value::Null));
+                dict.insert(
+                    "body".into(),
+                    kwargs.get("body").cloned().unwrap_or(Value::Null),
+                );
                 json!({"task": CHORD, "subtask_type": "chord", "kwargs": dict})
             }
             GROUP_TASK => json!({"task": GROUP_TASK, "subtask_type": "group", "kwargs": kwargs}),

@@ -81,7 +81,10 @@ impl Completer {
     /// run, a chord body that failed), retrying as [`Completer::store`].
     pub(crate) async fn store_meta(&self, meta: &TaskMeta) -> Stored {
         let expires = self.expires_for(meta);
-        match self.retrying(meta, || self.backend.store(meta, expires)).await {
+        match self
+            .retrying(meta, || self.backend.store(meta, expires))
+            .await
+        {
             Some(()) => Stored::Yes,
             None => Stored::No,
         }

@@ -167,7 +167,11 @@ impl Shared {
         // Follow-ups go out before the result is stored (as in Celery), so its children
         // name them and whoever sees SUCCESS finds the next step already sent.
         let Ok(children) = self.send_success_followups(req, &value).await else {
-            return if done == Settle::Ack { Settle::Requeue } else { done };
+            return if done == Settle::Ack {
+                Settle::Requeue
+            } else {
+                done
+            };
         };
         if self.keeps_result(req) || req.msg.embed.chord.is_some() {
             let mut meta = req.builder.success(value);
@@ -214,7 +218,10 @@ impl Shared {
         match self.replace_task(req, signature).await {
             Ok(()) => done,
             Err(why) => {
-                let exc = ExceptionInfo::new("ReplaceError", format!("could not replace the task: {why}"));
+                let exc = ExceptionInfo::new(
+                    "ReplaceError",
+                    format!("could not replace the task: {why}"),
+                );
                 after_store(self.fail(req, &exc, None, runtime).await, done)
             }
         }

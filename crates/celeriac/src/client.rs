@@ -162,7 +162,10 @@ impl<T: Task> Signature<T> {
     }
 
     /// On success, `callback` is applied with the result (Celery's `link`).
-    pub fn link<P>(self, callback: impl Into<crate::canvas::Sig<P>>) -> crate::canvas::Sig<T::Output> {
+    pub fn link<P>(
+        self,
+        callback: impl Into<crate::canvas::Sig<P>>,
+    ) -> crate::canvas::Sig<T::Output> {
         crate::canvas::Sig::from(self).link(callback)
     }
 

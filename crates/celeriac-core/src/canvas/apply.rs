@@ -282,7 +282,8 @@ impl<'a> Applier<'a> {
                 add_option(&mut body, key, value.clone());
             }
         }
-        body.options_mut().insert("group_id".into(), json!(group_id));
+        body.options_mut()
+            .insert("group_id".into(), json!(group_id));
         let body_result = frozen_of(&body);
         if header.is_empty() {
             let result = self.apply_frozen(&body, &[json!([])], Map::new(), plan)?;
@@ -453,11 +454,15 @@ pub fn normalize_chain(steps: &[Canvas]) -> Vec<Canvas> {
     let mut out: Vec<Canvas> = Vec::with_capacity(flat.len());
     for step in flat {
         match out.pop() {
-            Some(Canvas::Group(header, options)) => out.push(Canvas::Chord {
-                header,
-                body: Box::new(step),
-                options,
-            }),
+            Some(Canvas::Group(header, mut options)) => {
+                // The group's id is not the chord's: a chord's id is its body's.
+                options.remove("task_id");
+                out.push(Canvas::Chord {
+                    header,
+                    body: Box::new(step),
+                    options,
+                })
+            }
             Some(previous) => {
                 out.push(previous);
                 out.push(step);

@@ -115,7 +115,13 @@ impl Shared {
 
     /// Celery's `chord_error_from_stack`: FAILURE `ChordError(reason)` for the body, its
     /// errbacks sent, its chain failed.
-    async fn fail_chord_body(&self, group_id: &str, body: &Value, reason: &str, by: &Completing<'_>) {
+    async fn fail_chord_body(
+        &self,
+        group_id: &str,
+        body: &Value,
+        reason: &str,
+        by: &Completing<'_>,
+    ) {
         error!(task_id = %by.id, "chord {group_id} failed: {reason}");
         let exc = ExceptionInfo::new("ChordError", reason).with_module("celery.exceptions");
         let Ok(sig) = Signature::from_value(body) else {

@@ -19,9 +19,9 @@ mod success;
 pub(crate) use replace::ACCUMULATE_TASK;
 
 use celeriac_core::canvas::{Applier, Canvas, Frozen, Plan};
+use celeriac_core::state::TaskState;
 use chrono::Utc;
 use serde_json::{json, Map, Value};
-use celeriac_core::state::TaskState;
 use tracing::{error, warn};
 
 use crate::request::Request;
@@ -95,7 +95,7 @@ impl Shared {
                 return;
             }
         };
-        let no_children = meta.children.as_ref().map_or(true, Vec::is_empty);
+        let no_children = meta.children.as_ref().is_none_or(Vec::is_empty);
         if has_followups && no_children && meta.status == TaskState::Success {
             // Errors are logged there; the stored result stays as it is.
             let _ = self.send_success_followups(req, &meta.result).await;

@@ -61,7 +61,10 @@ impl Shared {
             }
         };
         put("task_id", Some(json!(h.id)));
-        put("root_id", Some(json!(h.root_id.as_deref().unwrap_or(&h.id))));
+        put(
+            "root_id",
+            Some(json!(h.root_id.as_deref().unwrap_or(&h.id))),
+        );
         put("parent_id", h.parent_id.as_ref().map(|p| json!(p)));
         put("group_id", h.group.as_ref().map(|g| json!(g)));
         put("group_index", h.group_index.map(|i| json!(i)));
@@ -80,12 +83,17 @@ mod tests {
 
     #[test]
     fn a_group_replacement_is_a_chord_into_accumulate_followed_by_the_chain() {
-        let group = Canvas::Group(vec![Canvas::Task(Signature::new("a", vec![], Map::new()))], Map::new());
+        let group = Canvas::Group(
+            vec![Canvas::Task(Signature::new("a", vec![], Map::new()))],
+            Map::new(),
+        );
         let rest = [json!({"task": "c"}), json!({"task": "b"})];
         let Canvas::Chain(steps, _) = replacement(group, Some(&rest)).unwrap() else {
             panic!("a chain");
         };
-        assert!(matches!(&steps[0], Canvas::Chord { body, .. } if body.to_signature().task == ACCUMULATE_TASK));
+        assert!(
+            matches!(&steps[0], Canvas::Chord { body, .. } if body.to_signature().task == ACCUMULATE_TASK)
+        );
         let names: Vec<String> = steps[1..].iter().map(|s| s.to_signature().task).collect();
         assert_eq!(names, ["b", "c"], "the remaining chain runs next-first");
     }

@@ -90,7 +90,8 @@ mod tests {
         let echo = json!({"task": "tasks.echo"});
         let one = callback_batches(std::slice::from_ref(&echo));
         assert!(matches!(one.as_slice(), [Ok(Canvas::Task(_))]));
-        let group = json!({"task": "celery.group", "subtask_type": "group", "kwargs": {"tasks": [echo]}});
+        let group =
+            json!({"task": "celery.group", "subtask_type": "group", "kwargs": {"tasks": [echo]}});
         let many = callback_batches(&[echo.clone(), echo.clone(), group]);
         assert_eq!(many.len(), 2);
         assert!(matches!(&many[1], Ok(Canvas::Group(members, _)) if members.len() == 2));

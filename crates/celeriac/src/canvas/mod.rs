@@ -84,7 +84,9 @@ impl Sig<Value> {
     }
 
     /// `T` applied to each item of `it` in one task (`celery.map`).
-    pub fn map<T: Task>(it: impl IntoIterator<Item = impl Serialize>) -> Result<Sig<Vec<T::Output>>, Error> {
+    pub fn map<T: Task>(
+        it: impl IntoIterator<Item = impl Serialize>,
+    ) -> Result<Sig<Vec<T::Output>>, Error> {
         Ok(Sig::wrap(Canvas::Map {
             task: WireSignature::new(T::NAME, vec![], Map::new()),
             it: to_values(it)?,

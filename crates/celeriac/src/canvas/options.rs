@@ -60,7 +60,10 @@ mod tests {
             ..CallOptions::default()
         };
         let map = call_options_map(&o);
-        assert_eq!(Value::Object(map), json!({"countdown": 1.5, "priority": 9, "queue": "math"}));
+        assert_eq!(
+            Value::Object(map),
+            json!({"countdown": 1.5, "priority": 9, "queue": "math"})
+        );
         assert!(call_options_map(&CallOptions::default()).is_empty());
     }
 }

@@ -92,7 +92,7 @@ impl<T: DeserializeOwned> ResultSet<T> {
     /// Whether any failed.
     pub async fn failed(&self) -> Result<bool, Error> {
         let states = self.states().await?;
-        Ok(states.iter().any(|s| *s == TaskState::Failure))
+        Ok(states.contains(&TaskState::Failure))
     }
 
     /// Revokes every one durably; with `terminate`, stops those running.
@@ -187,7 +187,10 @@ impl GroupResult<Value> {
             id: id.to_string(),
             set: ResultSet {
                 app: app.clone(),
-                results: ids.into_iter().map(|i| AsyncResult::new(app.clone(), i)).collect(),
+                results: ids
+                    .into_iter()
+                    .map(|i| AsyncResult::new(app.clone(), i))
+                    .collect(),
             },
             _output: PhantomData,
         }))

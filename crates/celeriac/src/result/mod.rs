@@ -170,7 +170,10 @@ impl<T: DeserializeOwned> AsyncResult<T> {
     }
 }
 
-pub(crate) fn decode_ready<T: DeserializeOwned>(id: &str, meta: TaskMeta) -> Result<T, ResultError> {
+pub(crate) fn decode_ready<T: DeserializeOwned>(
+    id: &str,
+    meta: TaskMeta,
+) -> Result<T, ResultError> {
     if meta.status == TaskState::Success {
         return celeriac_core::json::from_value(&meta.result).map_err(|e| ResultError::Decode {
             task_id: id.to_string(),

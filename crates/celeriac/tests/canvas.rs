@@ -1,0 +1,348 @@
+//! Workflows through the public API, each on the embedded store and on Redis (results in
+//! Redis too), with a real worker: chains, groups, chords, callbacks and errbacks, map,
+//! starmap, chunks, immutable steps, options on steps, replacing a task.
+//!
+//! Redis needs `CELERIAC_TEST_REDIS_URL` (each test has its own key prefix); without it
+//! the Redis half of each test says it was skipped.
+
+use std::time::Duration;
+
+use celeriac::canvas::{chord, group, Sig};
+use celeriac::serde_json::{json, Value};
+use celeriac::{chain, task, App, GroupResult, Parent, ResultError, TaskError, WorkerConfig};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+#[task(name = "canvas.add")]
+async fn add(x: i64, y: i64) -> i64 {
+    x + y
+}
+
+#[task(name = "canvas.double")]
+async fn double(x: i64) -> i64 {
+    2 * x
+}
+
+#[task(name = "canvas.tsum")]
+async fn tsum(values: Vec<i64>) -> i64 {
+    values.iter().sum()
+}
+
+#[task(name = "canvas.echo")]
+async fn echo(value: Value) -> Value {
+    value
+}
+
+#[task(name = "canvas.explode")]
+async fn explode(x: i64) -> Result<i64, TaskError> {
+    Err(TaskError::failure("ValueError", format!("exploded on {x}")))
+}
+
+/// Replaces itself with a group of `n` doubles.
+#[task(name = "canvas.fan_out")]
+async fn fan_out(n: i64) -> Result<Vec<i64>, TaskError> {
+    let members = group((0..n).map(double::s));
+    Err(TaskError::replace(Sig::from(members).to_value()))
+}
+
+enum Engine {
+    Sqlite(tempfile::TempDir),
+    Redis(String),
+}
+
+impl Engine {
+    fn sqlite() -> Engine {
+        Engine::Sqlite(tempfile::tempdir().expect("temp dir"))
+    }
+
+    fn redis() -> Option<Engine> {
+        let Ok(base) = std::env::var("CELERIAC_TEST_REDIS_URL") else {
+            println!("skipped: CELERIAC_TEST_REDIS_URL not set");
+            return None;
+        };
+        let prefix = format!("canvas-{}:", uuid_like());
+        let sep = if base.contains('?') { '&' } else { '?' };
+        Some(Engine::Redis(format!(
+            "{base}{sep}global_keyprefix={prefix}"
+        )))
+    }
+
+    fn app(&self) -> App {
+        let url = match self {
+            Engine::Sqlite(dir) => format!("sqlite://{}", dir.path().join("canvas.db").display()),
+            Engine::Redis(url) => url.clone(),
+        };
+        App::builder("canvas")
+            .broker_url(url.clone())
+            .result_backend(url)
+            .task::<add>()
+            .task::<double>()
+            .task::<tsum>()
+            .task::<echo>()
+            .task::<explode>()
+            .task::<fan_out>()
+            .configure(|c| c.result_extended = true)
+            .build()
+    }
+}
+
+fn uuid_like() -> String {
+    celeriac::core::message::new_id()
+}
+
+/// Runs `scenario` against an app with a worker consuming `celery` and `other`.
+async fn with_worker<F, Fut>(engine: Engine, scenario: F)
+where
+    F: FnOnce(App) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let app = engine.app();
+    let config = WorkerConfig {
+        concurrency: 4,
+        queues: vec!["celery".into(), "other".into()],
+        shutdown_timeout: Duration::from_secs(10),
+        ..app.worker_config()
+    };
+    let worker = app.worker(config).await.expect("worker");
+    let shutdown = worker.shutdown_handle();
+    let running = tokio::spawn(worker.run());
+    scenario(app.clone()).await;
+    shutdown.graceful();
+    running.await.expect("joined").expect("worker ran");
+    app.close().await.expect("closed");
+}
+
+macro_rules! on_every_engine {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::with_worker(super::Engine::sqlite(), super::$name).await;
+                }
+            )*
+        }
+        mod redis {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    if let Some(engine) = super::Engine::redis() {
+                        super::with_worker(engine, super::$name).await;
+                    }
+                }
+            )*
+        }
+    };
+}
+
+on_every_engine!(
+    a_chain_passes_each_result_on_and_its_parents_walk_back,
+    a_group_reads_back_in_member_order_and_restores_by_id,
+    a_chord_sums_its_header,
+    a_chord_with_a_failing_member_fails_with_chord_error,
+    link_gets_the_result_and_link_error_the_failed_id,
+    a_failed_step_fails_the_rest_of_its_chain,
+    map_starmap_and_chunks_run_in_the_worker,
+    a_task_replaced_by_a_group_returns_the_groups_results,
+    immutable_steps_and_step_options,
+    nested_canvases,
+);
+
+async fn a_chain_passes_each_result_on_and_its_parents_walk_back(app: App) {
+    let steps = chain![
+        add::s(1, 2),
+        Sig::task::<add>(vec![json!(10)]),
+        Sig::task::<add>(vec![json!(100)])
+    ];
+    let last = steps.apply_async(&app).await.expect("sent");
+    assert_eq!(last.get(WAIT).await.expect("chain result"), 113);
+    let Some(Parent::Task(middle)) = last.parent() else {
+        panic!("the last step has the middle one as parent");
+    };
+    let Some(Parent::Task(first)) = middle.parent() else {
+        panic!("the middle step has the first as parent");
+    };
+    assert_eq!(middle.get(WAIT).await.expect("middle"), json!(13));
+    let first_meta = first.meta().await.expect("meta").expect("stored");
+    assert_eq!(
+        first_meta.children.expect("children")[0][0][0],
+        json!(middle.id())
+    );
+    let last_meta = last.meta().await.expect("meta").expect("stored");
+    assert_eq!(last_meta.parent_id.as_deref(), Some(middle.id()));
+}
+
+async fn a_group_reads_back_in_member_order_and_restores_by_id(app: App) {
+    let sent = group((0..10).map(|i| add::s(i, i)))
+        .apply_async(&app)
+        .await
+        .expect("sent");
+    let expected: Vec<i64> = (0..10).map(|i| 2 * i).collect();
+    assert_eq!(sent.get(WAIT).await.expect("group"), expected);
+    assert_eq!(sent.completed_count().await.expect("count"), 10);
+    assert!(sent.ready().await.expect("ready") && sent.successful().await.expect("ok"));
+    assert!(!sent.failed().await.expect("failed"));
+    sent.save().await.expect("saved");
+    let restored = GroupResult::restore(&app, sent.id())
+        .await
+        .expect("restore")
+        .expect("found");
+    let ids = |g: &[celeriac::AsyncResult<Value>]| {
+        g.iter().map(|r| r.id().to_string()).collect::<Vec<_>>()
+    };
+    let sent_ids: Vec<String> = sent.results().iter().map(|r| r.id().to_string()).collect();
+    assert_eq!(ids(restored.results()), sent_ids);
+    let meta = sent.results()[3]
+        .meta()
+        .await
+        .expect("meta")
+        .expect("stored");
+    assert_eq!(
+        meta.group_id.as_deref(),
+        Some(sent.id()),
+        "members know their group"
+    );
+}
+
+async fn a_chord_sums_its_header(app: App) {
+    let total = chord((0..20).map(|i| add::s(i, i)), Sig::task::<tsum>(vec![]))
+        .apply_async(&app)
+        .await
+        .expect("sent");
+    assert_eq!(total.get(WAIT).await.expect("body"), 380);
+    let Some(Parent::Group(header)) = total.parent() else {
+        panic!("a chord's result has its header as parent");
+    };
+    assert_eq!(header.len(), 20);
+    assert_eq!(header.completed_count().await.expect("count"), 20);
+}
+
+async fn a_chord_with_a_failing_member_fails_with_chord_error(app: App) {
+    let header = vec![
+        Sig::from(add::s(1, 1)),
+        Sig::from(explode::s(7)),
+        Sig::from(add::s(2, 2)),
+    ];
+    let body = chord(header, Sig::task::<tsum>(vec![]))
+        .apply_async(&app)
+        .await
+        .expect("sent");
+    let Err(ResultError::Task(e)) = body.get(WAIT).await else {
+        panic!("the body fails");
+    };
+    assert_eq!(e.exc_type, "ChordError");
+    assert!(
+        e.message.contains("Dependency") && e.message.contains("exploded on 7"),
+        "{}",
+        e.message
+    );
+}
+
+async fn link_gets_the_result_and_link_error_the_failed_id(app: App) {
+    let callback_id = uuid_like();
+    let ok = add::s(2, 2)
+        .link(Sig::task::<add>(vec![json!(10)]).task_id(callback_id.clone()))
+        .apply_async(&app)
+        .await
+        .expect("sent");
+    assert_eq!(ok.get(WAIT).await.expect("ok"), 4);
+    let callback = celeriac::AsyncResult::<i64>::new(app.clone(), callback_id);
+    assert_eq!(callback.get(WAIT).await.expect("callback"), 14);
+    let errback_id = uuid_like();
+    let failing = explode::s(1)
+        .link_error(Sig::task::<echo>(vec![]).task_id(errback_id.clone()))
+        .apply_async(&app)
+        .await
+        .expect("sent");
+    assert!(failing.get(WAIT).await.is_err());
+    let errback = celeriac::AsyncResult::<String>::new(app.clone(), errback_id);
+    assert_eq!(errback.get(WAIT).await.expect("errback"), failing.id());
+}
+
+async fn a_failed_step_fails_the_rest_of_its_chain(app: App) {
+    let steps = chain![
+        add::s(1, 1),
+        Sig::task::<explode>(vec![]),
+        Sig::task::<add>(vec![json!(1)])
+    ];
+    let last = steps.apply_async(&app).await.expect("sent");
+    let Err(ResultError::Task(e)) = last.get(WAIT).await else {
+        panic!("the last step fails with the failed step's error");
+    };
+    assert_eq!(
+        (e.exc_type.as_str(), e.message.as_str()),
+        ("ValueError", "exploded on 2")
+    );
+}
+
+async fn map_starmap_and_chunks_run_in_the_worker(app: App) {
+    let doubled = double::map([1, 2, 3])
+        .expect("map")
+        .apply_async(&app)
+        .await
+        .expect("sent");
+    assert_eq!(doubled.get(WAIT).await.expect("map"), vec![2, 4, 6]);
+    let sums = add::starmap([[1, 2], [3, 4]])
+        .expect("starmap")
+        .apply_async(&app)
+        .await
+        .expect("sent");
+    assert_eq!(sums.get(WAIT).await.expect("starmap"), vec![3, 7]);
+    let pairs: Vec<[i64; 2]> = (0..5).map(|i| [i, 10]).collect();
+    let chunked = add::chunks(pairs, 2)
+        .expect("chunks")
+        .apply_async(&app)
+        .await
+        .expect("sent");
+    assert_eq!(
+        chunked.get(WAIT).await.expect("chunks"),
+        vec![vec![10, 11], vec![12, 13], vec![14]]
+    );
+}
+
+async fn a_task_replaced_by_a_group_returns_the_groups_results(app: App) {
+    let fanned = fan_out::delay(&app, 4).await.expect("sent");
+    assert_eq!(fanned.get(WAIT).await.expect("replaced"), vec![0, 2, 4, 6]);
+}
+
+async fn immutable_steps_and_step_options(app: App) {
+    let steps = chain![
+        add::s(1, 1),
+        add::si(5, 5),
+        Sig::task::<add>(vec![json!(1)])
+            .queue("other")
+            .countdown(Duration::from_millis(200))
+    ];
+    let last = steps.apply_async(&app).await.expect("sent");
+    assert_eq!(
+        last.get(WAIT).await.expect("chain"),
+        11,
+        "the immutable step ignored 2"
+    );
+    let meta = last.meta().await.expect("meta").expect("stored");
+    assert_eq!(meta.extended.expect("result_extended").queue, "other");
+}
+
+async fn nested_canvases(app: App) {
+    // chord([chain(add(1, 1), add(_, 1)), add(2, 2)], tsum) = 3 + 4.
+    let header = vec![
+        chain![add::s(1, 1), Sig::task::<add>(vec![json!(1)])],
+        Sig::from(add::s(2, 2)),
+    ];
+    let body = chord(header, Sig::task::<tsum>(vec![]))
+        .apply_async(&app)
+        .await
+        .expect("sent");
+    assert_eq!(body.get(WAIT).await.expect("nested"), 7);
+    // A chain whose middle is a group: the group becomes a chord into the next step.
+    let steps = chain![
+        add::s(1, 1),
+        group([
+            Sig::task::<add>(vec![json!(1)]),
+            Sig::task::<add>(vec![json!(2)])
+        ]),
+        Sig::task::<tsum>(vec![])
+    ];
+    let last = steps.apply_async(&app).await.expect("sent");
+    assert_eq!(last.get(WAIT).await.expect("chain with group"), 7);
+}
