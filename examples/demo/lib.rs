@@ -18,6 +18,18 @@ pub async fn mul(x: i64, y: i64) -> i64 {
     x * y
 }
 
+/// Returns its one argument (an errback that takes the failed task's id).
+#[task(name = "tasks.identity")]
+pub async fn identity(value: Value) -> Value {
+    value
+}
+
+/// The sum of a list: the body of the demo's chords.
+#[task(name = "tasks.tsum")]
+pub async fn tsum(values: Vec<f64>) -> f64 {
+    values.iter().sum()
+}
+
 #[task(name = "tasks.noop")]
 pub async fn noop() {}
 
@@ -138,6 +150,8 @@ pub fn app() -> App {
         .task::<add>()
         .task::<mul>()
         .task::<noop>()
+        .task::<tsum>()
+        .task::<identity>()
         .task::<echo>()
         .task::<sleep>()
         .task::<fail>()

@@ -24,6 +24,14 @@ use common::control::{
 };
 use common::*;
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn canvases_cross_between_python_and_celeriac_workers_on_rabbitmq() {
+    let Some((e, _vhost)) = env(3, "canvas") else {
+        return;
+    };
+    common::canvas::canvases_cross_languages(&e).await;
+}
+
 fn env(db: u8, test: &str) -> Option<(Env, TestVhost)> {
     let (Ok(amqp), Ok(redis_url)) = (
         std::env::var("CELERIAC_TEST_AMQP_URL"),

@@ -60,6 +60,14 @@ async fn python_client_to_celeriac_worker() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn canvases_cross_between_python_and_celeriac_workers() {
+    let Some(e) = env(2, "canvases_cross_between_python_and_celeriac_workers") else {
+        return;
+    };
+    common::canvas::canvases_cross_languages(&e).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn celeriac_client_to_python_worker() {
     let Some(e) = env(12, "celeriac_client_to_python_worker") else {
         return;

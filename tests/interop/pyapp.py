@@ -54,6 +54,16 @@ def mul(x, y):
     return x * y
 
 
+@app.task(name="tasks.identity")
+def identity(value):
+    return value
+
+
+@app.task(name="tasks.tsum")
+def tsum(values):
+    return float(sum(values))
+
+
 @app.task(name="tasks.noop")
 def noop():
     return None
