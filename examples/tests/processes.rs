@@ -246,6 +246,35 @@ async fn kill_9_during_a_late_ack_task_and_another_worker_finishes_it() {
     assert_eq!(successes(&[log], r.id()), 1);
 }
 
+/// The worker running a chord's last header member (late ack) dies: the member runs again on
+/// another worker, is counted once, and the body runs once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_a_chords_last_member_and_the_body_still_runs_once() {
+    use celeriac::canvas::{chord, Sig};
+    let s = store("?visibility_timeout=1");
+    let app = producer(&s);
+    let victim = spawn_worker(&s, "victim@test", &["-c", "4"]);
+    let header = [0.0, 0.0, 0.0, 2.0].map(sleep::s);
+    let body = chord(header, Sig::task::<celeriac_demo::tsum>(vec![]))
+        .apply_async(&app)
+        .await
+        .unwrap();
+    let Some(celeriac::Parent::Group(members)) = body.parent() else {
+        panic!("a chord's result has its header as parent");
+    };
+    for quick in &members.results()[..3] {
+        quick.get(WAIT).await.unwrap();
+    }
+    wait_unacked(&app, "celery", 1).await;
+    victim.kill9();
+    assert_eq!(body.state().await.unwrap(), TaskState::Pending);
+    let rescuer = spawn_worker(&s, "rescuer@test", &["-c", "4"]);
+    assert_eq!(body.get(WAIT).await.unwrap(), json!(2.0));
+    wait_queue_empty(&app).await;
+    let log = rescuer.stop();
+    assert_eq!(successes(&[log], body.id()), 1, "the body ran once");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_task_is_not_redelivered_while_its_worker_lives() {
     // Lease of 1 s, task of 3 s: keepalive must hold the lease the whole time.

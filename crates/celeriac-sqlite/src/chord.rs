@@ -22,6 +22,7 @@ pub const CLAIM_MS: i64 = 10_000;
 /// What a chord's row says.
 struct ChordRow {
     size: i64,
+    counted: i64,
     claim: Option<String>,
     claimed_until: Option<i64>,
 }
@@ -31,8 +32,9 @@ fn chord_row(c: &Connection, group_id: &str) -> rusqlite::Result<Option<ChordRow
         .query_row(params![group_id], |r| {
             Ok(ChordRow {
                 size: r.get(0)?,
-                claim: r.get(1)?,
-                claimed_until: r.get(2)?,
+                counted: r.get(1)?,
+                claim: r.get(2)?,
+                claimed_until: r.get(3)?,
             })
         })
         .optional()
@@ -80,17 +82,18 @@ fn count_part(
     if chord.claim.as_deref() == Some("done") {
         return Ok(PartReturn::AlreadyDone);
     }
-    c.prepare_cached(sql::ADD_CHORD_PART)?.execute(params![
+    let added = c.prepare_cached(sql::ADD_CHORD_PART)?.execute(params![
         group_id,
         meta.task_id,
         index,
         meta.status.as_str(),
         meta.result.to_string()
     ])?;
-    let count: i64 = c
-        .prepare_cached(sql::COUNT_CHORD_PARTS)?
-        .query_row(params![group_id], |r| r.get(0))?;
-    if count < chord.size {
+    if added == 1 {
+        c.prepare_cached(sql::COUNT_CHORD_PART)?
+            .execute(params![group_id])?;
+    }
+    if chord.counted + (added as i64) < chord.size {
         return Ok(PartReturn::Waiting);
     }
     let held = chord.claim.is_some() && chord.claimed_until.is_some_and(|until| until > now);

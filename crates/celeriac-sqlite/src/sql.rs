@@ -81,7 +81,8 @@ pub const ROLLBACK_TO: &str = "ROLLBACK TO job";
 ///   there, senders write no events (as on Redis, events nobody hears are not kept).
 /// - `results`: task meta JSON exactly as Celery writes it, keyed by task id.
 /// - `groups`: a group's member task ids as a JSON array.
-/// - `chords`: one row per chord being joined: its header size and the claim to fire its
+/// - `chords`: one row per chord being joined: its header size, how many header results
+///   are in (`counted`, so completing a chord costs no scan of its parts), and the claim to fire its
 ///   body (a worker's token until `claimed_until`, then anyone's; `done` once fired).
 /// - `chord_parts`: the header results counted so far, one row per `(task id, index)`,
 ///   so a member stored twice counts once; `idx` is the `group_index` (none sorts last).
@@ -198,6 +199,7 @@ CREATE INDEX IF NOT EXISTS groups_expires
 CREATE TABLE IF NOT EXISTS chords (
     group_id      TEXT PRIMARY KEY,
     size          INTEGER NOT NULL,
+    counted       INTEGER NOT NULL DEFAULT 0,
     claim         TEXT,
     claimed_until INTEGER,
     expires_at    INTEGER
@@ -499,8 +501,9 @@ pub const START_CHORD: &str =
 /// Drops the header results of chord ?1 (when it starts over or is done).
 pub const DELETE_CHORD_PARTS: &str = "DELETE FROM chord_parts WHERE group_id = ?1";
 
-/// Chord ?1's size, claim and claim deadline.
-pub const GET_CHORD: &str = "SELECT size, claim, claimed_until FROM chords WHERE group_id = ?1";
+/// Chord ?1's size, header results counted, claim and claim deadline.
+pub const GET_CHORD: &str =
+    "SELECT size, counted, claim, claimed_until FROM chords WHERE group_id = ?1";
 
 /// Counts header result (?2 task id, ?3 index) of chord ?1 with state ?4 and result JSON ?5;
 /// a result already counted is left as it is.
@@ -508,8 +511,8 @@ pub const ADD_CHORD_PART: &str =
     "INSERT OR IGNORE INTO chord_parts (group_id, task_id, idx, state, result)
     VALUES (?1, ?2, ?3, ?4, ?5)";
 
-/// How many header results chord ?1 has.
-pub const COUNT_CHORD_PARTS: &str = "SELECT COUNT(*) FROM chord_parts WHERE group_id = ?1";
+/// Counts one more header result in chord ?1 (after [`ADD_CHORD_PART`] added a row).
+pub const COUNT_CHORD_PART: &str = "UPDATE chords SET counted = counted + 1 WHERE group_id = ?1";
 
 /// Chord ?1's header results in header order: task id, state, result JSON.
 pub const CHORD_PARTS: &str =

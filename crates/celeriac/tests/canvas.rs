@@ -146,6 +146,8 @@ on_every_engine!(
     a_task_replaced_by_a_group_returns_the_groups_results,
     immutable_steps_and_step_options,
     nested_canvases,
+    a_chord_of_ten_thousand_members_completes,
+    a_chain_of_a_thousand_steps_completes,
 );
 
 async fn a_chain_passes_each_result_on_and_its_parents_walk_back(app: App) {
@@ -345,4 +347,23 @@ async fn nested_canvases(app: App) {
     ];
     let last = steps.apply_async(&app).await.expect("sent");
     assert_eq!(last.get(WAIT).await.expect("chain with group"), 7);
+}
+
+async fn a_chord_of_ten_thousand_members_completes(app: App) {
+    let body = chord((0..10_000).map(|i| add::s(i, 1)), Sig::task::<tsum>(vec![]))
+        .apply_async(&app)
+        .await
+        .expect("sent");
+    let expected: i64 = (1..=10_000).sum();
+    assert_eq!(body.get(Duration::from_secs(120)).await.expect("body"), expected);
+}
+
+async fn a_chain_of_a_thousand_steps_completes(app: App) {
+    // Each step carries the steps after it: the first message the most, the last none; the
+    // worker takes one step per message, with no recursion.
+    let steps = (0..999).fold(Sig::from(add::s(0, 0)), |chain, _| {
+        chain.then(Sig::task::<add>(vec![json!(1)]))
+    });
+    let last = steps.apply_async(&app).await.expect("sent");
+    assert_eq!(last.get(Duration::from_secs(120)).await.expect("chain"), 999);
 }
