@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use celeriac_core::backend::ResultBackend;
+use celeriac_core::backend::{ChordJoin, ChordPart, PartReturn, ResultBackend};
 use celeriac_core::broker::{
     Broker, Consumer, ConsumerSpec, Delivery, DeliveryTag, Publish, QueueSet,
 };
@@ -29,6 +29,9 @@ enum Fault {
     CancelIgnored,
     FirstReplyOnly,
     EventsReordered,
+    ChordCountsCopies,
+    ChordClaimIgnored,
+    ChordUnordered,
     NoCapabilities,
 }
 
@@ -223,6 +226,47 @@ impl ResultBackend for Faulty {
     async fn restore_group(&self, group_id: &str) -> Result<Option<Vec<String>>, BackendError> {
         self.inner.restore_group(group_id).await
     }
+    fn chords(&self) -> Option<&dyn ChordJoin> {
+        (self.fault != Fault::NoCapabilities).then_some(self)
+    }
+}
+
+#[async_trait]
+impl ChordJoin for Faulty {
+    async fn start_chord(
+        &self,
+        group_id: &str,
+        size: usize,
+        expires: Option<Duration>,
+    ) -> Result<(), BackendError> {
+        self.inner.start_chord(group_id, size, expires).await
+    }
+    async fn store_part(
+        &self,
+        meta: &TaskMeta,
+        expires: Option<Duration>,
+        part: ChordPart<'_>,
+    ) -> Result<PartReturn, BackendError> {
+        let mut meta = meta.clone();
+        if self.fault == Fault::ChordCountsCopies {
+            meta.task_id = format!("{}-{}", meta.task_id, celeriac_core::message::new_id());
+        }
+        let counted = self.inner.store_part(&meta, expires, part).await?;
+        Ok(match (self.fault, counted) {
+            (Fault::ChordClaimIgnored, PartReturn::ClaimedElsewhere) => PartReturn::Complete {
+                claim: String::new(),
+                parts: Vec::new(),
+            },
+            (Fault::ChordUnordered, PartReturn::Complete { claim, mut parts }) => {
+                parts.reverse();
+                PartReturn::Complete { claim, parts }
+            }
+            (_, counted) => counted,
+        })
+    }
+    async fn finish_chord(&self, group_id: &str, claim: &str) -> Result<bool, BackendError> {
+        self.inner.finish_chord(group_id, claim).await
+    }
 }
 
 fn faulty(
@@ -295,9 +339,26 @@ async fn backend_faults_are_caught() {
         (Fault::OverwritesSuccess, "success_never_overwritten"),
         (Fault::MillisecondDates, "round_trip_every_state"),
         (Fault::IgnoresExpiry, "results_expire"),
+        (
+            Fault::ChordCountsCopies,
+            "chord_counts_a_member_stored_twice_once",
+        ),
+        (
+            Fault::ChordClaimIgnored,
+            "chord_completes_once_in_header_order",
+        ),
+        (
+            Fault::ChordUnordered,
+            "chord_completes_once_in_header_order",
+        ),
     ] {
         assert_failed(backend_outcome(fault, case).await, fault);
     }
+    let no_join = backend_outcome(Fault::NoCapabilities, "chord_race_has_one_winner").await;
+    assert!(
+        matches!(&no_join, Outcome::Skipped(why) if why.contains("ChordJoin")),
+        "{no_join:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

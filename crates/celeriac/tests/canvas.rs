@@ -355,7 +355,10 @@ async fn a_chord_of_ten_thousand_members_completes(app: App) {
         .await
         .expect("sent");
     let expected: i64 = (1..=10_000).sum();
-    assert_eq!(body.get(Duration::from_secs(120)).await.expect("body"), expected);
+    assert_eq!(
+        body.get(Duration::from_secs(120)).await.expect("body"),
+        expected
+    );
 }
 
 async fn a_chain_of_a_thousand_steps_completes(app: App) {
@@ -365,5 +368,8 @@ async fn a_chain_of_a_thousand_steps_completes(app: App) {
         chain.then(Sig::task::<add>(vec![json!(1)]))
     });
     let last = steps.apply_async(&app).await.expect("sent");
-    assert_eq!(last.get(Duration::from_secs(120)).await.expect("chain"), 999);
+    assert_eq!(
+        last.get(Duration::from_secs(120)).await.expect("chain"),
+        999
+    );
 }
