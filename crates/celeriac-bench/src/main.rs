@@ -10,8 +10,10 @@
 //!
 //! `--events`: the worker sends task events (`-E`); with `--monitor` the bench receives
 //! them while it drains, as a monitor such as Flower would. `--control-load N`: N idle
-//! workers answer remote control instead (`control_load.rs`).
+//! workers answer remote control instead (`control_load.rs`). `--canvas`: a group, a chord
+//! and a chain instead (`canvas.rs`).
 
+mod canvas;
 mod control_load;
 
 use std::process::{Child, Command, Stdio};
@@ -29,6 +31,18 @@ async fn stamp(sent_micros: i64) -> i64 {
     now_micros() - sent_micros
 }
 
+/// A chord body: how many header results it got.
+#[task(name = "bench.count")]
+async fn count(values: Vec<celeriac::serde_json::Value>) -> usize {
+    values.len()
+}
+
+/// A chain step.
+#[task(name = "bench.inc")]
+async fn inc(x: i64) -> i64 {
+    x + 1
+}
+
 fn now_micros() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -36,13 +50,22 @@ fn now_micros() -> i64 {
         .unwrap_or(0)
 }
 
-fn app(broker: &str, backend: &str) -> App {
-    App::builder("bench")
-        .broker_url(broker)
-        .result_backend(backend)
+/// The bench's tasks, for this process (the client) and the worker it starts.
+fn app_tasks(builder: celeriac::AppBuilder) -> celeriac::AppBuilder {
+    builder
         .task::<noop>()
         .task::<stamp>()
-        .build()
+        .task::<count>()
+        .task::<inc>()
+}
+
+fn app(broker: &str, backend: &str) -> App {
+    app_tasks(
+        App::builder("bench")
+            .broker_url(broker)
+            .result_backend(backend),
+    )
+    .build()
 }
 
 #[derive(Parser, Debug)]
@@ -87,6 +110,13 @@ struct Opts {
     /// (ping and stats round trips) and the CPU their heartbeats cost.
     #[arg(long = "control-load", value_name = "WORKERS")]
     control_load: Option<usize>,
+    /// Instead of the task phases: a group and a chord of `-n` members, and a chain of
+    /// `--chain-steps` steps, timed from send to result.
+    #[arg(long)]
+    canvas: bool,
+    /// With `--canvas`: the chain's length.
+    #[arg(long = "chain-steps", default_value_t = 1_000)]
+    chain_steps: usize,
 }
 
 fn main() -> std::process::ExitCode {
@@ -95,7 +125,7 @@ fn main() -> std::process::ExitCode {
     {
         // Child mode: the worker process (reads CELERIAC_BROKER_URL), or one of its
         // process-pool children.
-        return celeriac_cli::run(App::builder("bench").task::<noop>().task::<stamp>().build());
+        return celeriac_cli::run(app_tasks(App::builder("bench")).build());
     }
     let opts = Opts::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -157,6 +187,12 @@ async fn bench(opts: Opts) -> Result<(), Box<dyn std::error::Error>> {
             .collect::<std::io::Result<Vec<_>>>()?;
         let measured = control_load::run(&app, &mut workers).await;
         workers.iter_mut().for_each(stop);
+        return measured;
+    }
+    if opts.canvas {
+        let mut worker = spawn_worker(&url, &backend, &opts, "bench@localhost", opts.concurrency)?;
+        let measured = canvas::run(&app, opts.n, opts.chain_steps).await;
+        stop(&mut worker);
         return measured;
     }
     println!("tasks per enqueue phase: {}", opts.n);

@@ -63,6 +63,16 @@ pub trait ResultBackend: Send + Sync + 'static {
     /// The stored meta, or `None` (PENDING) when nothing is stored.
     async fn get(&self, task_id: &str) -> Result<Option<TaskMeta>, BackendError>;
 
+    /// The stored metas of several tasks, in order (`None`: PENDING). Stores read them in
+    /// one round trip; the default reads one after another.
+    async fn get_many(&self, task_ids: &[String]) -> Result<Vec<Option<TaskMeta>>, BackendError> {
+        let mut metas = Vec::with_capacity(task_ids.len());
+        for id in task_ids {
+            metas.push(self.get(id).await?);
+        }
+        Ok(metas)
+    }
+
     /// Waits until the task is ready or `timeout` passes; returns the latest meta either way.
     /// Each engine waits its own way (notification, pub/sub, a reply queue); none polls
     /// with a runtime's timer from here, so core depends on no async runtime.

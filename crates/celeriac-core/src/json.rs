@@ -291,6 +291,24 @@ impl ObjectWriter {
         self
     }
 
+    /// A value, or `null`.
+    pub fn opt_value(&mut self, key: &str, value: Option<&Value>) -> &mut Self {
+        match value {
+            Some(v) => self.value(key, v),
+            None => self.null(key),
+        }
+    }
+
+    /// A list, or `null`.
+    pub fn opt_list(&mut self, key: &str, items: Option<&[Value]>) -> &mut Self {
+        self.key(key);
+        match items {
+            Some(items) => write_python_array(items, &mut self.out),
+            None => self.out.push_str("null"),
+        }
+        self
+    }
+
     pub fn finish(mut self) -> String {
         self.out.push('}');
         self.out
@@ -330,29 +348,35 @@ fn write_python(v: &Value, out: &mut String) {
         Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
         Value::Number(n) => write_python_number(n, out),
         Value::String(s) => write_python_str(s, out),
-        Value::Array(items) => {
-            out.push('[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push_str(", ");
-                }
-                write_python(item, out);
-            }
-            out.push(']');
-        }
-        Value::Object(map) => {
-            out.push('{');
-            for (i, (k, item)) in map.iter().enumerate() {
-                if i > 0 {
-                    out.push_str(", ");
-                }
-                write_python_str(k, out);
-                out.push_str(": ");
-                write_python(item, out);
-            }
-            out.push('}');
-        }
+        Value::Array(items) => write_python_array(items, out),
+        Value::Object(map) => write_python_object(map, out),
     }
+}
+
+/// A list as [`to_python_json`] writes it, from a slice (no `Value::Array` needed).
+pub fn write_python_array(items: &[Value], out: &mut String) {
+    out.push('[');
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        write_python(item, out);
+    }
+    out.push(']');
+}
+
+/// An object as [`to_python_json`] writes it, from a map (no `Value::Object` needed).
+pub fn write_python_object(map: &serde_json::Map<String, Value>, out: &mut String) {
+    out.push('{');
+    for (i, (k, item)) in map.iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        write_python_str(k, out);
+        out.push_str(": ");
+        write_python(item, out);
+    }
+    out.push('}');
 }
 
 /// Integers as they are; floats as Python's `repr(float)` writes them (`0.2`, `1e-07`,

@@ -278,9 +278,26 @@ impl TaskMessage {
         ])
     }
 
-    /// The body bytes, written as Python's `json.dumps` writes them.
+    /// The body bytes, written as Python's `json.dumps` writes them, straight from the
+    /// parts (a chain's first message carries every later step: no copy of them is made).
     pub fn body_bytes(&self) -> Vec<u8> {
-        kjson::to_python_json(&self.body_value()).into_bytes()
+        let e = &self.embed;
+        let mut embed = kjson::ObjectWriter::new();
+        embed
+            .opt_list("callbacks", e.callbacks.as_deref())
+            .opt_list("errbacks", e.errbacks.as_deref())
+            .opt_list("chain", e.chain.as_deref())
+            .opt_value("chord", e.chord.as_ref());
+        let embed = embed.finish();
+        let mut out = String::with_capacity(embed.len() + 64);
+        out.push('[');
+        kjson::write_python_array(&self.args, &mut out);
+        out.push_str(", ");
+        kjson::write_python_object(&self.kwargs, &mut out);
+        out.push_str(", ");
+        out.push_str(&embed);
+        out.push(']');
+        out.into_bytes()
     }
 
     pub fn to_raw(&self) -> RawMessage {
@@ -417,7 +434,7 @@ fn decode_v2(raw_headers: &Map<String, Value>, body: Value) -> Result<Decoded, P
         }
     };
     let embed = match embed {
-        Value::Object(m) => embed_from(&m)?,
+        Value::Object(m) => embed_from(m)?,
         Value::Null => Embed::default(),
         _ => {
             return Err(ProtocolError::BadBody(
@@ -454,15 +471,16 @@ fn decode_v1(raw_headers: &Map<String, Value>, body: Value) -> Result<Decoded, P
             ))
         }
     };
-    let embed = embed_from(&obj)?;
+    let embed = embed_from(obj)?;
     Ok((headers, args, kwargs, embed, ProtocolVersion::V1))
 }
 
-fn embed_from(m: &Map<String, Value>) -> Result<Embed, ProtocolError> {
-    let list = |key: &str| -> Result<Option<Vec<Value>>, ProtocolError> {
-        match m.get(key) {
+/// The embed, moved out of the decoded body (a chain's remaining steps are not copied).
+fn embed_from(mut m: Map<String, Value>) -> Result<Embed, ProtocolError> {
+    let mut list = |key: &str| -> Result<Option<Vec<Value>>, ProtocolError> {
+        match m.remove(key) {
             None | Some(Value::Null) => Ok(None),
-            Some(Value::Array(a)) => Ok(Some(a.clone())),
+            Some(Value::Array(a)) => Ok(Some(a)),
             Some(_) => Err(ProtocolError::BadBody(format!(
                 "embed `{key}` must be a list or null"
             ))),
@@ -472,7 +490,7 @@ fn embed_from(m: &Map<String, Value>) -> Result<Embed, ProtocolError> {
         callbacks: list("callbacks")?,
         errbacks: list("errbacks")?,
         chain: list("chain")?,
-        chord: m.get("chord").filter(|v| !v.is_null()).cloned(),
+        chord: m.remove("chord").filter(|v| !v.is_null()),
     })
 }
 

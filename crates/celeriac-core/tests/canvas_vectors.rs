@@ -43,7 +43,7 @@ fn apply(
     let router = FixedQueue("celery".into());
     let (plan, frozen) = Applier::new(&router, Utc::now())
         .reply_to(OID)
-        .apply(canvas, prepend, &opts(options))
+        .apply(canvas, prepend, opts(options))
         .expect("applies");
     let messages = plan
         .publishes

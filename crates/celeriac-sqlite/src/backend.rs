@@ -20,6 +20,14 @@ pub(crate) fn expires_at(now: i64, expires: Option<Duration>) -> Option<i64> {
     expires.map(|d| now.saturating_add(duration_ms(d)))
 }
 
+fn decode_meta(id: &str, text: &str) -> Result<TaskMeta, DbError> {
+    TaskMeta::from_json(text.as_bytes()).ok_or_else(|| {
+        DbError::Corrupt(format!(
+            "stored result of task {id} is not a task meta: {text}"
+        ))
+    })
+}
+
 /// One result to write, with the pruning of expired rows when it is due.
 pub(crate) struct ResultWrite {
     id: String,
@@ -67,6 +75,25 @@ impl SqliteStore {
         }
     }
 
+    /// The metas of `ids` in one read.
+    async fn get_metas(&self, ids: &[String]) -> Result<Vec<Option<TaskMeta>>, BackendError> {
+        let ids = ids.to_vec();
+        self.db()
+            .read(move |c| {
+                let now = now_ms();
+                let mut stmt = c.prepare_cached(sql::GET_RESULT)?;
+                ids.iter()
+                    .map(|id| {
+                        let text: Option<String> =
+                            stmt.query_row(params![id, now], |r| r.get(0)).optional()?;
+                        text.map(|t| decode_meta(id, &t)).transpose()
+                    })
+                    .collect()
+            })
+            .await
+            .map_err(|e| self.backend_err("get results", e))
+    }
+
     async fn get_meta(&self, task_id: &str) -> Result<Option<TaskMeta>, BackendError> {
         let id = task_id.to_string();
         self.db()
@@ -75,14 +102,7 @@ impl SqliteStore {
                     .prepare_cached(sql::GET_RESULT)?
                     .query_row(params![id, now_ms()], |r| r.get(0))
                     .optional()?;
-                match text {
-                    None => Ok(None),
-                    Some(t) => TaskMeta::from_json(t.as_bytes()).map(Some).ok_or_else(|| {
-                        DbError::Corrupt(format!(
-                            "stored result of task {id} is not a task meta: {t}"
-                        ))
-                    }),
-                }
+                text.map(|t| decode_meta(&id, &t)).transpose()
             })
             .await
             .map_err(|e| self.backend_err("get result", e))
@@ -109,6 +129,10 @@ impl ResultBackend for SqliteStore {
 
     async fn get(&self, task_id: &str) -> Result<Option<TaskMeta>, BackendError> {
         self.get_meta(task_id).await
+    }
+
+    async fn get_many(&self, task_ids: &[String]) -> Result<Vec<Option<TaskMeta>>, BackendError> {
+        self.get_metas(task_ids).await
     }
 
     /// Wakes at once when this process stores a result, and within about a millisecond when

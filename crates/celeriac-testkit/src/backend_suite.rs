@@ -72,6 +72,7 @@ cases!(
     groups_save_restore,
     groups_expire,
     concurrent_stores,
+    get_many_reads_in_order,
     chord_completes_once_in_header_order,
     chord_counts_a_member_stored_twice_once,
     chord_race_has_one_winner,
@@ -112,6 +113,7 @@ macro_rules! backend_tests {
             groups_save_restore,
             groups_expire,
             concurrent_stores,
+            get_many_reads_in_order,
             chord_completes_once_in_header_order,
             chord_counts_a_member_stored_twice_once,
             chord_race_has_one_winner,
@@ -512,6 +514,27 @@ async fn concurrent_stores(f: &dyn BackendFactory) -> CaseResult {
     for i in 0..300 {
         let got = get(&b, &format!("{prefix}-{i}")).await;
         assert_eq!(got.map(|m| m.result), Some(json!(i)));
+    }
+    Ok(())
+}
+
+/// `get_many` answers for every id in order, `None` where nothing is stored.
+async fn get_many_reads_in_order(f: &dyn BackendFactory) -> CaseResult {
+    let (_i, b) = open(f).await?;
+    let prefix = unique("many");
+    let ids: Vec<String> = (0..1500).map(|i| format!("{prefix}-{i}")).collect();
+    for (i, id) in ids.iter().enumerate().filter(|(i, _)| i % 3 != 1) {
+        let mut m = meta(id, TaskState::Success);
+        m.result = json!(i);
+        store(&b, &m, None).await;
+    }
+    let metas = b.get_many(&ids).await.expect("get_many");
+    assert_eq!(metas.len(), ids.len());
+    for (i, meta) in metas.iter().enumerate() {
+        match meta {
+            Some(m) => assert_eq!((i % 3 != 1, &m.result), (true, &json!(i)), "id {i}"),
+            None => assert_eq!(i % 3, 1, "id {i} was stored"),
+        }
     }
     Ok(())
 }

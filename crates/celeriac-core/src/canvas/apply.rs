@@ -117,12 +117,12 @@ impl<'a> Applier<'a> {
         &self,
         canvas: &Canvas,
         prepend: &[Value],
-        options: &Map<String, Value>,
+        options: Map<String, Value>,
     ) -> Result<(Plan, Frozen), ProtocolError> {
         let mut canvas = canvas.clone();
         freeze(&mut canvas, self.reply_to.as_deref());
         let mut plan = Plan::default();
-        let result = self.apply_frozen(&canvas, prepend, options.clone(), &mut plan)?;
+        let result = self.apply_frozen(&canvas, prepend, options, &mut plan)?;
         Ok((plan, result))
     }
 
@@ -134,9 +134,9 @@ impl<'a> Applier<'a> {
         plan: &mut Plan,
     ) -> Result<Frozen, ProtocolError> {
         match canvas {
-            Canvas::Task(sig) => self.task(sig, prepend, &added, plan),
+            Canvas::Task(sig) => self.task(sig, prepend, added, plan),
             Canvas::Map { .. } | Canvas::Starmap { .. } => {
-                self.task(&canvas.to_signature(), prepend, &added, plan)
+                self.task(&canvas.to_signature(), prepend, added, plan)
             }
             Canvas::Chunks {
                 task,
@@ -163,11 +163,11 @@ impl<'a> Applier<'a> {
         &self,
         sig: &Signature,
         prepend: &[Value],
-        added: &Map<String, Value>,
+        added: Map<String, Value>,
         plan: &mut Plan,
     ) -> Result<Frozen, ProtocolError> {
         let options = merge_options(&sig.options, added);
-        let publish = task_publish(sig, prepend, &options, self.router, self.now)?;
+        let publish = task_publish(sig, prepend, options, self.router, self.now)?;
         let id = publish.message.task_id().unwrap_or_default().to_string();
         plan.publishes.push(publish);
         Ok(Frozen::Task { id, parent: None })
@@ -181,7 +181,7 @@ impl<'a> Applier<'a> {
         added: Map<String, Value>,
         plan: &mut Plan,
     ) -> Result<Frozen, ProtocolError> {
-        let mut options = merge_options(own, &added);
+        let mut options = merge_options(own, added);
         let id = take_str(&mut options, "task_id").unwrap_or_else(new_id);
         // A group's remaining chain has no single step to go to (Celery drops it too).
         options.remove("chain");
@@ -212,7 +212,7 @@ impl<'a> Applier<'a> {
             return Err(ProtocolError::BadCanvas("an empty chain".into()));
         }
         let last_index = steps.len() - 1;
-        let mut first_options = merge_options(own, &added);
+        let mut first_options = merge_options(own, added);
         let mut tail = Map::new();
         for key in TAIL_OPTIONS {
             if let Some(value) = first_options.remove(key) {
@@ -267,7 +267,7 @@ impl<'a> Applier<'a> {
                 plan,
             );
         }
-        let mut options = merge_options(own, &added);
+        let mut options = merge_options(own, added);
         let group_id = new_id();
         let mut body = body.clone();
         // The chord's id is its body's: that is where its result will be.

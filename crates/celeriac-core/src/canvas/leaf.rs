@@ -35,13 +35,13 @@ impl Router for FixedQueue {
 
 /// The options of a signature merged with those a caller adds, as Celery's `_merge` does:
 /// the caller's win, except `group_id`, which a signature that has one keeps.
-pub fn merge_options(own: &Map<String, Value>, added: &Map<String, Value>) -> Map<String, Value> {
+pub fn merge_options(own: &Map<String, Value>, added: Map<String, Value>) -> Map<String, Value> {
     let mut merged = own.clone();
     for (key, value) in added {
-        if key == "group_id" && own.contains_key(key) {
+        if key == "group_id" && own.contains_key(&key) {
             continue;
         }
-        merged.insert(key.clone(), value.clone());
+        merged.insert(key, value);
     }
     merged
 }
@@ -53,6 +53,15 @@ pub fn call_args(sig: &Signature, prepend: &[Value]) -> Vec<Value> {
         return sig.args.clone();
     }
     prepend.iter().chain(&sig.args).cloned().collect()
+}
+
+/// Takes a list option out of `options` (no copy of a long remaining chain).
+fn take_list(options: &mut Map<String, Value>, key: &str) -> Option<Vec<Value>> {
+    match options.remove(key) {
+        None | Some(Value::Null) => None,
+        Some(Value::Array(items)) => Some(items),
+        Some(one) => Some(vec![one]),
+    }
 }
 
 /// A list option (`link`, `link_error`, `chain`) as a list of signature dicts.
@@ -120,10 +129,17 @@ fn expires_of(
 pub fn task_publish(
     sig: &Signature,
     prepend: &[Value],
-    options: &Map<String, Value>,
+    mut options: Map<String, Value>,
     router: &dyn Router,
     now: DateTime<Utc>,
 ) -> Result<Publish, ProtocolError> {
+    let embed = Embed {
+        callbacks: take_list(&mut options, "link"),
+        errbacks: take_list(&mut options, "link_error"),
+        chain: take_list(&mut options, "chain"),
+        chord: options.remove("chord").filter(|c| !c.is_null()),
+    };
+    let options = &options;
     let eta = eta_of(options, now)?;
     let priority = options
         .get("priority")
@@ -153,12 +169,7 @@ pub fn task_publish(
             .and_then(Value::as_bool)
             .unwrap_or(false),
         headers,
-        embed: Embed {
-            callbacks: list_option(options, "link"),
-            errbacks: list_option(options, "link_error"),
-            chain: list_option(options, "chain"),
-            chord: options.get("chord").filter(|c| !c.is_null()).cloned(),
-        },
+        embed,
         reply_to: str_option(options, "reply_to"),
         ..CallSpec::default()
     };
@@ -189,16 +200,9 @@ mod tests {
         let now = Utc::now();
         let merged = merge_options(
             &sig.options,
-            &opts(json!({"parent_id": "t1", "root_id": "t0"})),
+            opts(json!({"parent_id": "t1", "root_id": "t0"})),
         );
-        let p = task_publish(
-            &sig,
-            &[json!(3)],
-            &merged,
-            &FixedQueue("celery".into()),
-            now,
-        )
-        .unwrap();
+        let p = task_publish(&sig, &[json!(3)], merged, &FixedQueue("celery".into()), now).unwrap();
         assert_eq!((p.queue.as_str(), p.priority), ("math", Some(7)));
         assert_eq!(p.not_before, Some(after(now, 5.0).unwrap()));
         let msg = TaskMessage::from_raw(&p.message).unwrap();
@@ -221,7 +225,7 @@ mod tests {
         sig.immutable = true;
         assert_eq!(call_args(&sig, &[json!(99)]), vec![json!(1), json!(2)]);
         let own = opts(json!({"group_id": "g1"}));
-        let merged = merge_options(&own, &opts(json!({"group_id": "g2", "queue": "q"})));
+        let merged = merge_options(&own, opts(json!({"group_id": "g2", "queue": "q"})));
         assert_eq!(
             (merged["group_id"].clone(), merged["queue"].clone()),
             (json!("g1"), json!("q"))
@@ -234,7 +238,7 @@ mod tests {
         let e = task_publish(
             &sig,
             &[],
-            &opts(json!({"eta": "tomorrow"})),
+            opts(json!({"eta": "tomorrow"})),
             &FixedQueue("c".into()),
             Utc::now(),
         )

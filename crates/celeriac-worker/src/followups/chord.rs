@@ -97,7 +97,7 @@ impl Shared {
         let sent = match canvas {
             Ok(canvas) => {
                 let options = lineage(by.id, by.root_id);
-                self.apply_followup(&canvas, &[Value::Array(results)], &options)
+                self.apply_followup(&canvas, &[Value::Array(results)], options)
                     .await
             }
             Err(e) => Err(e.to_string()),

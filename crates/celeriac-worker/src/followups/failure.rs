@@ -57,7 +57,7 @@ impl Shared {
             Ok(members) => {
                 let group = Canvas::Group(members, Map::new());
                 let options = lineage(id, root_id);
-                self.apply_followup(&group, &[json!(id)], &options)
+                self.apply_followup(&group, &[json!(id)], options)
                     .await
                     .map(drop)
             }

@@ -41,7 +41,7 @@ impl Shared {
         &self,
         canvas: &Canvas,
         prepend: &[Value],
-        options: &Map<String, Value>,
+        options: Map<String, Value>,
     ) -> Result<Frozen, String> {
         let (plan, frozen) = Applier::new(&*self.router, Utc::now())
             .apply(canvas, prepend, options)

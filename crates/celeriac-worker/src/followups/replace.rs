@@ -71,7 +71,7 @@ impl Shared {
         put("chord", embed.chord.clone());
         put("link", embed.callbacks.clone().map(Value::Array));
         put("link_error", embed.errbacks.clone().map(Value::Array));
-        let frozen = self.apply_followup(&canvas, &[], &options).await?;
+        let frozen = self.apply_followup(&canvas, &[], options).await?;
         info!(task_id = %h.id, "Task {}[{}] replaced by {}", h.task, h.id, frozen.id());
         Ok(())
     }

@@ -24,7 +24,7 @@ impl Shared {
         let options = lineage(&h.id, h.root_id.as_deref());
         for callbacks in callback_batches(embed.callbacks.as_deref().unwrap_or_default()) {
             let sent = match callbacks {
-                Ok(canvas) => self.apply_followup(&canvas, prepend, &options).await,
+                Ok(canvas) => self.apply_followup(&canvas, prepend, options.clone()).await,
                 Err(e) => Err(e),
             };
             match sent {
@@ -41,7 +41,7 @@ impl Shared {
         let mut options = options;
         options.insert("chain".into(), Value::Array(rest.to_vec()));
         let sent = match Canvas::from_value(next) {
-            Ok(canvas) => self.apply_followup(&canvas, prepend, &options).await,
+            Ok(canvas) => self.apply_followup(&canvas, prepend, options).await,
             Err(e) => Err(e.to_string()),
         };
         match sent {

@@ -14,7 +14,7 @@ pub(crate) async fn apply(app: &App, canvas: &Canvas) -> Result<Frozen, Error> {
     let router = app.router();
     let (plan, frozen) = Applier::new(&router, Utc::now())
         .reply_to(app.oid())
-        .apply(canvas, &[], &Map::new())
+        .apply(canvas, &[], Map::new())
         .map_err(|e| Error::Encode(e.to_string()))?;
     if !plan.chords.is_empty() {
         let backend = app.backend().await?;

@@ -52,16 +52,48 @@ impl<T: DeserializeOwned> ResultSet<T> {
     }
 
     /// Waits up to `timeout` in all for every result; returns them in order, or the first
-    /// failure in order (Celery's `join(propagate=True)`). Each wait is the backend's push
-    /// (pub/sub, the store's wake-up), never a polling interval.
+    /// failure found (Celery's `join(propagate=True)`). The results still missing are read
+    /// in one round trip (`get_many`), then the last of them is waited for (the backend's
+    /// push: pub/sub, the store's wake-up), and so on: a few round trips for a whole group,
+    /// never a polling interval.
     pub async fn get(&self, timeout: Duration) -> Result<Vec<T>, ResultError> {
         let deadline = tokio::time::Instant::now() + timeout;
-        let mut out = Vec::with_capacity(self.results.len());
-        for result in &self.results {
+        let backend = self.app.backend().await?;
+        let mut values: Vec<Option<T>> = Vec::new();
+        values.resize_with(self.results.len(), || None);
+        let mut pending: Vec<usize> = (0..self.results.len()).collect();
+        loop {
+            let ids: Vec<String> = pending
+                .iter()
+                .map(|&i| self.results[i].id().to_string())
+                .collect();
+            let metas = backend.get_many(&ids).await?;
+            let mut still = Vec::new();
+            for (index, meta) in pending.into_iter().zip(metas) {
+                match meta.filter(|m| m.status.is_ready()) {
+                    Some(meta) => {
+                        values[index] = Some(super::decode_ready(self.results[index].id(), meta)?)
+                    }
+                    None => still.push(index),
+                }
+            }
+            pending = still;
+            let Some(&last) = pending.last() else {
+                return Ok(values
+                    .into_iter()
+                    .map(|v| v.expect("every result read"))
+                    .collect());
+            };
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            out.push(result.get(left).await?);
+            let waited = backend.wait(self.results[last].id(), left).await?;
+            if left.is_zero() && !waited.is_some_and(|m| m.status.is_ready()) {
+                let first = &self.results[pending[0]];
+                return Err(ResultError::Timeout {
+                    task_id: first.id().to_string(),
+                    state: first.state().await.unwrap_or(TaskState::Pending),
+                });
+            }
         }
-        Ok(out)
     }
 
     async fn states(&self) -> Result<Vec<TaskState>, Error> {

@@ -23,7 +23,7 @@ fn a_chain_inside_a_chord_header_carries_the_chord_on_its_last_step() {
         options: Map::new(),
     };
     let (plan, _) = Applier::new(&router, Utc::now())
-        .apply(&chord, &[], &Map::new())
+        .apply(&chord, &[], Map::new())
         .unwrap();
     assert_eq!(plan.chords[0].size, 2);
     let msgs = sent(&plan);
@@ -42,7 +42,7 @@ fn link_error_on_a_chain_reaches_every_step_and_link_only_the_last() {
     options.insert("link".into(), task("ok").to_signature().to_value());
     options.insert("link_error".into(), task("err").to_signature().to_value());
     let (plan, _) = Applier::new(&router, Utc::now())
-        .apply(&chain, &[], &options)
+        .apply(&chain, &[], options)
         .unwrap();
     let a = &sent(&plan)[0];
     assert!(a.embed.callbacks.is_none());
@@ -61,7 +61,7 @@ fn an_empty_chord_sends_its_body_with_no_results_and_a_group_in_a_header_is_refu
         options: Map::new(),
     };
     let (plan, _) = Applier::new(&router, Utc::now())
-        .apply(&empty, &[], &Map::new())
+        .apply(&empty, &[], Map::new())
         .unwrap();
     assert_eq!(sent(&plan)[0].args, vec![json!([])]);
     let nested = Canvas::Chord {
@@ -70,7 +70,7 @@ fn an_empty_chord_sends_its_body_with_no_results_and_a_group_in_a_header_is_refu
         options: Map::new(),
     };
     let e = Applier::new(&router, Utc::now())
-        .apply(&nested, &[], &Map::new())
+        .apply(&nested, &[], Map::new())
         .unwrap_err();
     assert!(e.to_string().contains("group inside a chord header"), "{e}");
 }
