@@ -2,13 +2,17 @@
 # Side-by-side on one broker: celeriac (one worker process) and Python Celery 5.7 (prefork
 # -c 2) drain the same number of no-op tasks; prints both and the ratio.
 #
-#   crates/celeriac-bench/compare-with-celery.sh [N] [BROKER_URL] [RESULTS_REDIS_URL]
+#   crates/celeriac-bench/compare-with-celery.sh [--canvas] [N] [BROKER_URL] [RESULTS_REDIS_URL]
 #   e.g. ... 20000 redis://127.0.0.1:6379/8
 #        ... 20000 amqp://guest:guest@127.0.0.1:5672/%2f redis://127.0.0.1:6379/8
+#        ... --canvas 10000 redis://127.0.0.1:6379/8   (a group and a chord of N, a chain
+#            of 1000 steps, on each side)
 #
 # Needs .venv with celery[redis]==5.7.0 (as .ci/run creates). The results database is flushed.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+CANVAS=0
+if [ "${1:-}" = "--canvas" ]; then CANVAS=1; shift; fi
 N="${1:-20000}"
 URL="${2:-redis://127.0.0.1:6379/8}"
 RESULTS="${3:-$URL}"
@@ -17,6 +21,15 @@ PY="${CELERIAC_PYTHON:-.venv/bin/python}"
 
 "$PY" -c 'import redis, sys; redis.Redis.from_url(sys.argv[1]).flushdb()' "$RESULTS"
 cargo build --release -q -p celeriac-bench
+if [ "$CANVAS" = 1 ]; then
+  STEPS=1000
+  echo "== celeriac canvas ($URL, N=$N, chain of $STEPS)"
+  ./target/release/celeriac-bench --broker "$URL" --result-backend "$RESULTS" --canvas -n "$N" --chain-steps "$STEPS"
+  "$PY" -c 'import redis, sys; redis.Redis.from_url(sys.argv[1]).flushdb()' "$RESULTS"
+  echo "== Python Celery 5.7 prefork -c 2 canvas ($URL, N=$N, chain of $STEPS)"
+  (cd tests/interop && CELERIAC_INTEROP_BROKER="$URL" CELERIAC_INTEROP_BACKEND="$RESULTS" "../../$PY" bench_canvas.py "$N" "$STEPS")
+  exit 0
+fi
 echo "== celeriac ($URL, N=$N per enqueue phase)"
 celeriac_out=$(./target/release/celeriac-bench --broker "$URL" --result-backend "$RESULTS" -n "$N")
 echo "$celeriac_out"

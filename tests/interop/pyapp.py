@@ -59,6 +59,16 @@ def identity(value):
     return value
 
 
+@app.task(name="tasks.count")
+def count(values):
+    return len(values)
+
+
+@app.task(name="tasks.inc")
+def inc(x):
+    return x + 1
+
+
 @app.task(name="tasks.tsum")
 def tsum(values):
     return float(sum(values))
