@@ -47,6 +47,12 @@ pub trait Task: Send + Sized + 'static {
     const NAME: &'static str;
     /// Other names this task also answers to (renames).
     const ALIASES: &'static [&'static str] = &[];
+    /// The names of its positional parameters, in order (`#[task]` fills it in). Celery's
+    /// arity check reads it: an errback taking more than one argument is called in-process
+    /// as `(request, exc, traceback)`.
+    const PARAMS: &'static [&'static str] = &[];
+    /// Whether it takes any number of further positional arguments (`VarArgs`).
+    const VARARGS: bool = false;
     type Output: Serialize + DeserializeOwned + Send + 'static;
 
     fn options() -> TaskOptions {

@@ -326,6 +326,7 @@ fn generate(attrs: &TaskAttrs, task: &TaskFn, mut func: ItemFn) -> TokenStream {
         }
     });
     let n_named = named.len();
+    let has_varargs = args.iter().any(|p| p.kind == ParamKind::VarArgs);
     let kwargs_mut = args
         .iter()
         .any(|p| p.kind == ParamKind::VarKwargs)
@@ -462,6 +463,8 @@ fn generate(attrs: &TaskAttrs, task: &TaskFn, mut func: ItemFn) -> TokenStream {
         impl ::celeriac::core::task::Task for #ident {
             const NAME: &'static str = #name_expr;
             #aliases_item
+            const PARAMS: &'static [&'static str] = &[#(#named_strs),*];
+            const VARARGS: bool = #has_varargs;
             type Output = #output;
 
             fn options() -> ::celeriac::core::task::TaskOptions {

@@ -184,8 +184,8 @@ impl Builtin {
     }
 }
 
-/// Runs one inner call of a map to its end (a blocking body on a blocking thread).
-async fn run_body(body: TaskBody<Value>) -> Result<Value, TaskError> {
+/// Runs a body here to its end (a map's inner calls, an in-process errback) (a blocking body on a blocking thread).
+pub(crate) async fn run_body(body: TaskBody<Value>) -> Result<Value, TaskError> {
     match body {
         TaskBody::Async(future) => future.await,
         TaskBody::Blocking(call) => tokio::task::spawn_blocking(call)

@@ -11,6 +11,11 @@ use serde_json::{Map, Value};
 pub trait ErasedTask: Send + Sync {
     fn name(&self) -> &'static str;
     fn options(&self) -> &TaskOptions;
+    /// Whether it takes more than `n` positional arguments (Celery's `arity_greater`).
+    fn takes_more_than(&self, n: usize) -> bool {
+        let _ = n;
+        false
+    }
     /// Decodes the arguments (errors name the argument) and returns the body to run, its
     /// output as JSON.
     fn call(
@@ -33,6 +38,10 @@ impl<T: Task> ErasedTask for Typed<T> {
 
     fn options(&self) -> &TaskOptions {
         &self.options
+    }
+
+    fn takes_more_than(&self, n: usize) -> bool {
+        T::VARARGS || T::PARAMS.len() > n
     }
 
     fn call(

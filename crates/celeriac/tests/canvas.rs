@@ -2,8 +2,9 @@
 //! Redis too), with a real worker: chains, groups, chords, callbacks and errbacks, map,
 //! starmap, chunks, immutable steps, options on steps, replacing a task.
 //!
-//! Redis needs `CELERIAC_TEST_REDIS_URL` (each test has its own key prefix); without it
-//! the Redis half of each test says it was skipped.
+//! Redis needs `CELERIAC_TEST_REDIS_URL` (each test has its own key prefix); RabbitMQ
+//! (results in the embedded store) `CELERIAC_TEST_AMQP_URL` and `rabbitmqctl` (each test has
+//! its own vhost). Without them those halves say they were skipped.
 
 use std::time::Duration;
 
@@ -38,6 +39,21 @@ async fn explode(x: i64) -> Result<i64, TaskError> {
     Err(TaskError::failure("ValueError", format!("exploded on {x}")))
 }
 
+/// The failures the new-style errback saw: (failed id, exception type, traceback present).
+static ERRBACK_CALLS: std::sync::Mutex<Vec<(String, String, bool)>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// A new-style errback: more than one argument, so the worker calls it in-process.
+#[task(name = "canvas.on_error")]
+async fn on_error(request: Value, exc: Value, traceback: Option<String>) {
+    let id = request["id"].as_str().unwrap_or_default().to_string();
+    let kind = exc["exc_type"].as_str().unwrap_or_default().to_string();
+    ERRBACK_CALLS
+        .lock()
+        .unwrap()
+        .push((id, kind, traceback.is_some()));
+}
+
 /// Replaces itself with a group of `n` doubles.
 #[task(name = "canvas.fan_out")]
 async fn fan_out(n: i64) -> Result<Vec<i64>, TaskError> {
@@ -48,6 +64,8 @@ async fn fan_out(n: i64) -> Result<Vec<i64>, TaskError> {
 enum Engine {
     Sqlite(tempfile::TempDir),
     Redis(String),
+    /// RabbitMQ as the broker, the embedded store as the result backend.
+    Amqp(celeriac_testkit::rabbitmq::TestVhost, tempfile::TempDir),
 }
 
 impl Engine {
@@ -67,20 +85,36 @@ impl Engine {
         )))
     }
 
+    fn amqp(test: &str) -> Option<Engine> {
+        let Ok(base) = std::env::var("CELERIAC_TEST_AMQP_URL") else {
+            println!("skipped: CELERIAC_TEST_AMQP_URL not set");
+            return None;
+        };
+        let name = format!("celeriac-canvas-{test}-{}", std::process::id());
+        let vhost = celeriac_testkit::rabbitmq::TestVhost::create(&base, &name)
+            .unwrap_or_else(|| panic!("rabbitmqctl could not create vhost {name}"));
+        Some(Engine::Amqp(vhost, tempfile::tempdir().expect("temp dir")))
+    }
+
     fn app(&self) -> App {
-        let url = match self {
-            Engine::Sqlite(dir) => format!("sqlite://{}", dir.path().join("canvas.db").display()),
-            Engine::Redis(url) => url.clone(),
+        let sqlite = |dir: &tempfile::TempDir| {
+            format!("sqlite://{}", dir.path().join("canvas.db").display())
+        };
+        let (broker, backend) = match self {
+            Engine::Sqlite(dir) => (sqlite(dir), sqlite(dir)),
+            Engine::Redis(url) => (url.clone(), url.clone()),
+            Engine::Amqp(vhost, dir) => (vhost.url.clone(), sqlite(dir)),
         };
         App::builder("canvas")
-            .broker_url(url.clone())
-            .result_backend(url)
+            .broker_url(broker)
+            .result_backend(backend)
             .task::<add>()
             .task::<double>()
             .task::<tsum>()
             .task::<echo>()
             .task::<explode>()
             .task::<fan_out>()
+            .task::<on_error>()
             .configure(|c| c.result_extended = true)
             .build()
     }
@@ -133,6 +167,29 @@ macro_rules! on_every_engine {
             )*
         }
     };
+}
+
+/// RabbitMQ deployments join chords in their result backend: here the embedded store.
+mod amqp_with_sqlite_results {
+    macro_rules! on_rabbitmq {
+        ($($name:ident),* $(,)?) => {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    if let Some(engine) = super::Engine::amqp(stringify!($name)) {
+                        super::with_worker(engine, super::$name).await;
+                    }
+                }
+            )*
+        };
+    }
+    on_rabbitmq!(
+        a_chain_passes_each_result_on_and_its_parents_walk_back,
+        a_chord_sums_its_header,
+        a_chord_with_a_failing_member_fails_with_chord_error,
+        link_gets_the_result_and_link_error_the_failed_id,
+        map_starmap_and_chunks_run_in_the_worker,
+    );
 }
 
 on_every_engine!(
@@ -259,6 +316,27 @@ async fn link_gets_the_result_and_link_error_the_failed_id(app: App) {
     assert!(failing.get(WAIT).await.is_err());
     let errback = celeriac::AsyncResult::<String>::new(app.clone(), errback_id);
     assert_eq!(errback.get(WAIT).await.expect("errback"), failing.id());
+    // A new-style errback registered here runs in the worker, as (request, exc, traceback),
+    // right after the failure is stored; no task is sent for it.
+    let new_style = explode::s(5)
+        .link_error(Sig::task::<on_error>(vec![]))
+        .apply_async(&app)
+        .await
+        .expect("sent");
+    assert!(new_style.get(WAIT).await.is_err());
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let call = loop {
+        let calls = ERRBACK_CALLS.lock().unwrap().clone();
+        if let Some(call) = calls.into_iter().find(|(id, _, _)| id == new_style.id()) {
+            break call;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the errback never ran"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(call.1, "ValueError");
 }
 
 async fn a_failed_step_fails_the_rest_of_its_chain(app: App) {

@@ -1,12 +1,15 @@
 //! After a failure: FAILURE for every remaining chain step, so whoever waits on the chain's
-//! result is released (Celery's `_fail_chain`), and the errbacks, sent together as one group
-//! with the failed task's id as their first argument (`_call_task_errbacks`, old style: a
-//! Rust worker has no `(request, exc, traceback)` errbacks to call in-process).
+//! result is released (Celery's `_fail_chain`), and the errbacks (`_call_task_errbacks`):
+//! one registered here that takes more than one argument is called in-process as
+//! `(request, exc, traceback)`; the others are sent together as one group with the failed
+//! task's id as their first argument.
 
 use celeriac_core::canvas::{Canvas, Signature};
 use celeriac_core::message::TaskMessage;
 use celeriac_core::state::{ExceptionInfo, TaskMeta, TaskState};
+use celeriac_core::task::TaskContext;
 use serde_json::{json, Map, Value};
+use tracing::error;
 
 use super::lineage;
 use crate::worker::Shared;
@@ -44,9 +47,69 @@ impl Shared {
         if let Some(chain) = &msg.embed.chain {
             self.fail_chain(chain.clone(), exc, traceback).await;
         }
-        if let Some(errbacks) = msg.embed.errbacks.as_deref().filter(|e| !e.is_empty()) {
-            self.send_errbacks(&h.id, h.root_id.as_deref(), errbacks)
+        let Some(errbacks) = msg.embed.errbacks.as_deref().filter(|e| !e.is_empty()) else {
+            return;
+        };
+        let mut to_send = Vec::new();
+        for errback in errbacks {
+            match self.in_process_errback(errback) {
+                Some(sig) => self.call_errback(&sig, msg, exc, traceback).await,
+                None => to_send.push(errback.clone()),
+            }
+        }
+        if !to_send.is_empty() {
+            self.send_errbacks(&h.id, h.root_id.as_deref(), &to_send)
                 .await;
+        }
+    }
+
+    /// The errback's signature when it is called in-process: registered here and taking more
+    /// arguments than the ones it already has plus one (Celery's arity check).
+    fn in_process_errback(&self, errback: &Value) -> Option<Signature> {
+        let sig = Signature::from_value(errback).ok()?;
+        if sig.subtask_type.is_some() {
+            return None;
+        }
+        let task = self.registry.get(&sig.task)?;
+        let bound = if sig.immutable { 0 } else { sig.args.len() };
+        task.takes_more_than(1 + bound).then_some(sig)
+    }
+
+    /// Calls a new-style errback here: `(request, exc, traceback)` and its own arguments.
+    async fn call_errback(
+        &self,
+        sig: &Signature,
+        msg: &TaskMessage,
+        exc: &ExceptionInfo,
+        traceback: Option<&str>,
+    ) {
+        let h = &msg.headers;
+        let Some(task) = self.registry.get(&sig.task).cloned() else {
+            return;
+        };
+        let request = json!({
+            "id": h.id, "task": h.task, "args": msg.args, "kwargs": msg.kwargs,
+            "root_id": h.root_id, "parent_id": h.parent_id, "group": h.group,
+            "group_index": h.group_index, "retries": h.retries,
+            "hostname": self.config.hostname,
+        });
+        let mut args = vec![request, exc.to_value(), json!(traceback)];
+        args.extend(sig.args.iter().cloned());
+        let ctx = TaskContext::new(
+            h.id.clone(),
+            sig.task.clone(),
+            self.config.hostname.clone(),
+            String::new(),
+        );
+        let ran = match task.call(args, sig.kwargs.clone(), ctx) {
+            Ok(body) => crate::builtins::run_body(body)
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = ran {
+            error!(task_id = %h.id, "Errback {} of task {} raised an exception: {e}", sig.task, h.id);
         }
     }
 
