@@ -57,6 +57,15 @@ def groups_and_chords(out):
     out["chord_fail"] = outcome(lambda: app.AsyncResult(r.id).get(timeout=WAIT))
 
 
+def nested(out):
+    # A group inside a chain inside a chord, all on one side, then all on the other:
+    # tsum([tsum([2, 4]), 6]) either way.
+    for name, q in [("nested_rust", "rust"), ("nested_py", "py")]:
+        inner = chain(group(on(q, add.s(1, 1)), on(q, add.s(2, 2))), on(q, tsum.s()))
+        r = chord([inner, on(q, add.s(3, 3))], on(q, tsum.s())).apply_async()
+        out[name] = outcome(lambda: app.AsyncResult(r.id).get(timeout=WAIT))
+
+
 def links(out):
     r = add.apply_async((2, 2), queue="rust", link=on("py", add.s(10)))
     r.get(timeout=WAIT)
@@ -88,6 +97,7 @@ def main():
     out = {}
     chain_across_languages(out)
     groups_and_chords(out)
+    nested(out)
     links(out)
     maps(out)
     print(json.dumps(out))

@@ -425,6 +425,15 @@ async fn nested_canvases(app: App) {
     ];
     let last = steps.apply_async(&app).await.expect("sent");
     assert_eq!(last.get(WAIT).await.expect("chain with group"), 7);
+    // A group inside a chain inside a chord: the chain is a chord of its own, whose body
+    // takes its place in the outer chord. tsum([tsum([2, 4]), 6]) = 12, as in Python.
+    let inner = chain![
+        group([Sig::from(add::s(1, 1)), Sig::from(add::s(2, 2))]),
+        Sig::task::<tsum>(vec![])
+    ];
+    let outer = chord([inner, Sig::from(add::s(3, 3))], Sig::task::<tsum>(vec![]));
+    let total = outer.apply_async(&app).await.expect("sent");
+    assert_eq!(total.get(WAIT).await.expect("chord of a chord"), 12);
 }
 
 async fn a_chord_of_ten_thousand_members_completes(app: App) {

@@ -80,6 +80,16 @@ fn python_canvases_came_out_right(out: &Value, rust_log: &[String], py_log: &[St
         message.contains("Dependency") && message.contains("boom"),
         "{message}"
     );
+    assert_eq!(
+        value("nested_rust"),
+        json!(12.0),
+        "a nested canvas on celeriac workers"
+    );
+    assert_eq!(
+        value("nested_rust"),
+        value("nested_py"),
+        "the same as on Python workers"
+    );
     assert_eq!(value("link_rust_to_py"), json!(14));
     assert_eq!(value("link_py_to_rust"), json!(16));
     for name in ["link_error_rust_to_py", "link_error_py_to_rust"] {

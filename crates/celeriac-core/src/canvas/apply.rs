@@ -274,16 +274,17 @@ impl<'a> Applier<'a> {
         if let Some(id) = options.remove("task_id") {
             body.options_mut().insert("task_id".into(), id);
         }
+        // The body is the chord's result: it takes the chord's place in an enclosing group
+        // or chord (its `group_id`, `group_index`, `chord`), else it is in this chord's group.
         for (key, value) in &options {
-            if !matches!(
-                key.as_str(),
-                "parent_id" | "countdown" | "eta" | "group_index"
-            ) {
+            if !matches!(key.as_str(), "parent_id" | "countdown" | "eta") {
                 add_option(&mut body, key, value.clone());
             }
         }
-        body.options_mut()
-            .insert("group_id".into(), json!(group_id));
+        if !body.options().contains_key("group_id") {
+            body.options_mut()
+                .insert("group_id".into(), json!(group_id));
+        }
         let body_result = frozen_of(&body);
         if header.is_empty() {
             let result = self.apply_frozen(&body, &[json!([])], Map::new(), plan)?;

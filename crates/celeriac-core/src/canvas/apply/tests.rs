@@ -74,3 +74,41 @@ fn an_empty_chord_sends_its_body_with_no_results_and_a_group_in_a_header_is_refu
         .unwrap_err();
     assert!(e.to_string().contains("group inside a chord header"), "{e}");
 }
+
+#[test]
+fn a_chord_in_a_chord_header_counts_its_body_in_the_outer_chord() {
+    let router = FixedQueue("q".into());
+    let inner = Canvas::Chain(
+        vec![
+            Canvas::Group(vec![task("a"), task("b")], Map::new()),
+            task("inner_body"),
+        ],
+        Map::new(),
+    );
+    let outer = Canvas::Chord {
+        header: vec![task("c"), inner],
+        body: Box::new(task("outer_body")),
+        options: Map::new(),
+    };
+    let (plan, _) = Applier::new(&router, Utc::now())
+        .apply(&outer, &[], Map::new())
+        .unwrap();
+    let msgs = sent(&plan);
+    let c = msgs.iter().find(|m| m.headers.task == "c").unwrap();
+    let a = msgs.iter().find(|m| m.headers.task == "a").unwrap();
+    let inner_body = a.embed.chord.as_ref().unwrap();
+    assert_eq!(inner_body["task"], "inner_body");
+    assert_eq!(
+        inner_body["options"]["group_id"],
+        json!(c.headers.group),
+        "in the outer chord"
+    );
+    assert_eq!(inner_body["options"]["group_index"], 1);
+    assert_eq!(inner_body["options"]["chord"]["task"], "outer_body");
+    assert_ne!(
+        a.headers.group, c.headers.group,
+        "the inner header has a group of its own"
+    );
+    let sizes: Vec<usize> = plan.chords.iter().map(|c| c.size).collect();
+    assert_eq!(sizes, [2, 2]);
+}
