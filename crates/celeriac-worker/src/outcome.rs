@@ -165,13 +165,17 @@ impl Shared {
                 .f64("runtime", runtime.as_secs_f64());
         });
         // Follow-ups go out before the result is stored (as in Celery), so its children
-        // name them and whoever sees SUCCESS finds the next step already sent.
-        let Ok(children) = self.send_success_followups(req, &value).await else {
-            return if done == Settle::Ack {
-                Settle::Requeue
-            } else {
-                done
-            };
+        // name them and whoever sees SUCCESS finds the next step already sent. If they
+        // cannot be sent, a late-ack message runs again; an early-ack one fails, as Celery's
+        // worker fails a task whose callbacks it could not publish.
+        let children = match self.send_success_followups(req, &value).await {
+            Ok(children) => children,
+            Err(_) if done == Settle::Ack => return Settle::Requeue,
+            Err(why) => {
+                let why = format!("could not send the follow-ups: {why}");
+                let exc = ExceptionInfo::new("OperationalError", why);
+                return after_store(self.fail(req, &exc, None, runtime).await, done);
+            }
         };
         if self.keeps_result(req) || req.msg.embed.chord.is_some() {
             let mut meta = req.builder.success(value);

@@ -205,6 +205,7 @@ on_every_engine!(
     nested_canvases,
     a_chord_of_ten_thousand_members_completes,
     a_chain_of_a_thousand_steps_completes,
+    a_next_step_that_cannot_be_sent_fails_the_task,
 );
 
 async fn a_chain_passes_each_result_on_and_its_parents_walk_back(app: App) {
@@ -458,5 +459,20 @@ async fn a_chain_of_a_thousand_steps_completes(app: App) {
     assert_eq!(
         last.get(Duration::from_secs(120)).await.expect("chain"),
         999
+    );
+}
+
+async fn a_next_step_that_cannot_be_sent_fails_the_task(app: App) {
+    // A message whose remaining chain holds a signature without a task name.
+    let broken = Sig::from(add::s(1, 1)).set("chain", json!([{"args": [1]}]));
+    let r = broken.apply_async(&app).await.expect("sent");
+    let Err(ResultError::Task(e)) = r.get(WAIT).await else {
+        panic!("the task fails rather than succeed with its chain lost");
+    };
+    assert_eq!(e.exc_type, "OperationalError");
+    assert!(
+        e.message.contains("not a Celery signature"),
+        "{}",
+        e.message
     );
 }

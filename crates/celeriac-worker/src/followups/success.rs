@@ -10,13 +10,12 @@ use crate::worker::Shared;
 
 impl Shared {
     /// Sends the callbacks and the next chain step of a task that returned `value`; returns
-    /// them as the result's `children`. `Err` when one could not be sent: the result is not
-    /// stored then, and a late-ack message goes back to its queue to run again.
+    /// them as the result's `children`. `Err` says why one could not be sent (it is logged).
     pub(crate) async fn send_success_followups(
         &self,
         req: &Request<'_>,
         value: &Value,
-    ) -> Result<Vec<Value>, ()> {
+    ) -> Result<Vec<Value>, String> {
         let h = req.headers();
         let embed = &req.msg.embed;
         let mut children = Vec::new();
@@ -31,7 +30,7 @@ impl Shared {
                 Ok(frozen) => children.push(frozen.as_tuple()),
                 Err(e) => {
                     self.followup_failed(&h.id, "callbacks", &e);
-                    return Err(());
+                    return Err(e);
                 }
             }
         }
@@ -48,7 +47,7 @@ impl Shared {
             Ok(frozen) => children.push(frozen.as_tuple()),
             Err(e) => {
                 self.followup_failed(&h.id, "next chain step", &e);
-                return Err(());
+                return Err(e);
             }
         }
         Ok(children)
