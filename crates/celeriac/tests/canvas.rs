@@ -379,6 +379,19 @@ async fn map_starmap_and_chunks_run_in_the_worker(app: App) {
         chunked.get(WAIT).await.expect("chunks"),
         vec![vec![10, 11], vec![12, 13], vec![14]]
     );
+    // `celery.chunks` sent as a task (as a Python chain step does) runs in its place.
+    let mut kwargs = celeriac::serde_json::Map::new();
+    kwargs.insert("task".into(), Sig::task::<add>(vec![]).to_value());
+    kwargs.insert("it".into(), json!([[1, 2], [3, 4]]));
+    kwargs.insert("n".into(), json!(1));
+    let by_name = Sig::by_name("celery.chunks", vec![], kwargs)
+        .apply_async(&app)
+        .await
+        .expect("sent");
+    assert_eq!(
+        by_name.get(WAIT).await.expect("celery.chunks"),
+        json!([[3], [7]])
+    );
 }
 
 async fn a_task_replaced_by_a_group_returns_the_groups_results(app: App) {

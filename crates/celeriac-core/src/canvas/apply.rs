@@ -499,6 +499,19 @@ fn unroll_body(
     out
 }
 
+/// A `chunks` canvas as the group Celery sends for it; any other canvas as it is.
+pub fn chunks_as_group(canvas: Canvas) -> Canvas {
+    match canvas {
+        Canvas::Chunks {
+            task,
+            it,
+            n,
+            options,
+        } => Canvas::Group(chunks_group(&task, &it, n, &options), options),
+        other => other,
+    }
+}
+
 /// `chunks(task, it, n)` as Celery sends it: a group of `celery.starmap` calls.
 fn chunks_group(
     task: &Signature,

@@ -6,7 +6,7 @@
 mod apply;
 mod leaf;
 
-pub use apply::{freeze, normalize_chain, Applier, ChordStart, Frozen, Plan};
+pub use apply::{chunks_as_group, freeze, normalize_chain, Applier, ChordStart, Frozen, Plan};
 pub use leaf::{call_args, list_option, merge_options, task_publish, FixedQueue, Router};
 
 use serde::{Deserialize, Deserializer, Serialize};

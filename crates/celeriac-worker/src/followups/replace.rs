@@ -7,7 +7,7 @@
 //!
 //! [`TaskError::Replace`]: celeriac_core::task::TaskError::Replace
 
-use celeriac_core::canvas::{Canvas, Signature};
+use celeriac_core::canvas::{chunks_as_group, Canvas, Signature};
 use serde_json::{json, Map, Value};
 use tracing::info;
 
@@ -17,10 +17,10 @@ use crate::worker::Shared;
 /// Celery's built-in that passes its arguments on: `accumulate(*args, index=None)`.
 pub(crate) const ACCUMULATE_TASK: &str = "celery.accumulate";
 
-/// The replacement as Celery builds it: a group gets `celery.accumulate` as its chord body,
-/// and the replaced task's remaining chain follows it.
+/// The replacement as Celery builds it: a group (chunks are one) gets `celery.accumulate`
+/// as its chord body, and the replaced task's remaining chain follows it.
 fn replacement(canvas: Canvas, chain: Option<&[Value]>) -> Result<Canvas, String> {
-    let canvas = match canvas {
+    let canvas = match chunks_as_group(canvas) {
         Canvas::Group(members, options) => {
             let mut kwargs = Map::new();
             kwargs.insert("index".into(), json!(0));
