@@ -15,16 +15,16 @@
 
 use std::sync::Arc;
 
-use celeriac_core::canvas::{Canvas, Signature, CHUNKS_TASK, GROUP_TASK, MAP_TASK, STARMAP_TASK};
+use celeriac_core::canvas::{
+    Canvas, Signature, ACCUMULATE_TASK, CHAIN_TASK, CHORD_TASK, CHUNKS_TASK, GROUP_TASK, MAP_TASK,
+    STARMAP_TASK,
+};
 use celeriac_core::task::{ArgError, TaskBody, TaskContext, TaskError, TaskOptions};
 use serde_json::{json, Map, Value};
 
 use crate::registry::{ErasedTask, Registry};
 
-const ACCUMULATE: &str = "celery.accumulate";
 const BACKEND_CLEANUP: &str = "celery.backend_cleanup";
-const CHAIN: &str = "celery.chain";
-const CHORD: &str = "celery.chord";
 
 /// What a built-in does with its call.
 #[derive(Clone, Copy)]
@@ -52,10 +52,10 @@ pub(crate) fn add_builtins(registry: &mut Registry) {
         (STARMAP_TASK, Kind::Map { star: true }),
         (CHUNKS_TASK, Kind::Replace),
         (GROUP_TASK, Kind::Replace),
-        (CHORD, Kind::Replace),
-        (ACCUMULATE, Kind::Accumulate),
+        (CHORD_TASK, Kind::Replace),
+        (ACCUMULATE_TASK, Kind::Accumulate),
         (BACKEND_CLEANUP, Kind::Cleanup),
-        (CHAIN, Kind::Chain),
+        (CHAIN_TASK, Kind::Chain),
     ];
     for (name, kind) in builtins {
         registry.register_erased(Arc::new(Builtin {
@@ -161,7 +161,7 @@ impl Builtin {
     /// The canvas a `celery.chunks` / `celery.group` / `celery.chord` call describes.
     fn canvas_of(&self, kwargs: Map<String, Value>) -> Result<Canvas, ArgError> {
         let sig = match self.name {
-            CHORD => {
+            CHORD_TASK => {
                 let header = kwargs.get("header").cloned().unwrap_or(Value::Null);
                 let header = match header {
                     Value::Array(tasks) => {
@@ -175,7 +175,7 @@ impl Builtin {
                     "body".into(),
                     kwargs.get("body").cloned().unwrap_or(Value::Null),
                 );
-                json!({"task": CHORD, "subtask_type": "chord", "kwargs": dict})
+                json!({"task": CHORD_TASK, "subtask_type": "chord", "kwargs": dict})
             }
             GROUP_TASK => json!({"task": GROUP_TASK, "subtask_type": "group", "kwargs": kwargs}),
             _ => json!({"task": self.name, "kwargs": kwargs}),

@@ -102,8 +102,14 @@ impl Registry {
     /// which every worker runs. Call it after registering the app's tasks: the map tasks call
     /// those registered before.
     pub fn with_builtins(mut self) -> Self {
-        crate::builtins::add_builtins(&mut self);
+        if self.builtins.is_empty() {
+            crate::builtins::add_builtins(&mut self);
+        }
         self
+    }
+
+    pub(crate) fn has_builtins(&self) -> bool {
+        !self.builtins.is_empty()
     }
 
     pub fn get(&self, name: &str) -> Option<&Arc<dyn ErasedTask>> {

@@ -117,7 +117,7 @@ impl Worker {
         config: WorkerConfig,
     ) -> Self {
         let (phase, _) = watch::channel(Phase::Running);
-        let registry = if registry.get(crate::followups::ACCUMULATE_TASK).is_some() {
+        let registry = if registry.has_builtins() {
             registry
         } else {
             Arc::new((*registry).clone().with_builtins())

@@ -131,6 +131,9 @@ pub const CHORD_TASK: &str = "celery.chord";
 pub const MAP_TASK: &str = "celery.map";
 pub const STARMAP_TASK: &str = "celery.starmap";
 pub const CHUNKS_TASK: &str = "celery.chunks";
+/// Celery's built-in that passes its arguments on: `accumulate(*args, index=None)`; the
+/// body of the chord a replaced group becomes.
+pub const ACCUMULATE_TASK: &str = "celery.accumulate";
 
 fn invalid(what: &str, sig: &Signature) -> ProtocolError {
     ProtocolError::BadCanvas(format!("{what}: {}", sig.to_value()))

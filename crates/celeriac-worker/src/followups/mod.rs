@@ -16,8 +16,6 @@ mod failure;
 mod replace;
 mod success;
 
-pub(crate) use replace::ACCUMULATE_TASK;
-
 use celeriac_core::canvas::{Applier, Canvas, Frozen, Plan};
 use celeriac_core::state::TaskState;
 use chrono::Utc;

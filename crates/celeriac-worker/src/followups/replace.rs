@@ -7,15 +7,12 @@
 //!
 //! [`TaskError::Replace`]: celeriac_core::task::TaskError::Replace
 
-use celeriac_core::canvas::{chunks_as_group, Canvas, Signature};
+use celeriac_core::canvas::{chunks_as_group, Canvas, Signature, ACCUMULATE_TASK};
 use serde_json::{json, Map, Value};
 use tracing::info;
 
 use crate::request::Request;
 use crate::worker::Shared;
-
-/// Celery's built-in that passes its arguments on: `accumulate(*args, index=None)`.
-pub(crate) const ACCUMULATE_TASK: &str = "celery.accumulate";
 
 /// The replacement as Celery builds it: a group (chunks are one) gets `celery.accumulate`
 /// as its chord body, and the replaced task's remaining chain follows it.
