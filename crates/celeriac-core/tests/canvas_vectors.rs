@@ -61,6 +61,17 @@ fn embed_value(msg: &TaskMessage) -> Value {
            "chain": msg.embed.chain, "chord": msg.embed.chord})
 }
 
+/// Python's message at the same `group_index` as ours.
+fn same_index<'a>(wire: &'a [Value], msg: &TaskMessage) -> &'a Value {
+    let index = msg
+        .headers
+        .group_index
+        .expect("a group member has its index");
+    wire.iter()
+        .find(|m| m["headers"]["group_index"] == json!(index))
+        .unwrap_or_else(|| panic!("no Python message at group_index {index}"))
+}
+
 /// The header fields the vectors fix (`id`, `root_id`, `origin` vary per run).
 fn assert_headers_like(msg: &TaskMessage, wire: &Value) {
     let ours = msg.headers_map();
@@ -194,11 +205,7 @@ fn a_group_gives_each_member_the_group_and_its_index() {
     let (msgs, _, frozen) = apply(&group, &[], json!({}));
     let wire = at(&v, "messages_no_worker").as_array().unwrap();
     for msg in &msgs {
-        let index = msg.headers.group_index.unwrap();
-        let theirs = wire
-            .iter()
-            .find(|m| m["headers"]["group_index"] == json!(index))
-            .unwrap();
+        let theirs = same_index(wire, msg);
         assert_headers_like(msg, &theirs["headers"]);
         assert_eq!(msg.headers.group.as_deref(), Some(frozen.id()));
         assert_eq!(
@@ -239,11 +246,7 @@ fn a_chord_records_its_size_and_carries_its_body_as_celery_does() {
         }]
     );
     for msg in &msgs {
-        let index = msg.headers.group_index.unwrap();
-        let theirs = wire
-            .iter()
-            .find(|m| m["headers"]["group_index"] == json!(index))
-            .unwrap();
+        let theirs = same_index(wire, msg);
         assert_headers_like(msg, &theirs["headers"]);
         assert_eq!(masked(&embed_value(msg)), masked(&theirs["embed"]));
         let body = msg.embed.chord.as_ref().unwrap();

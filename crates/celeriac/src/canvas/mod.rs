@@ -87,22 +87,25 @@ impl Sig<Value> {
     pub fn map<T: Task>(
         it: impl IntoIterator<Item = impl Serialize>,
     ) -> Result<Sig<Vec<T::Output>>, Error> {
-        Ok(Sig::wrap(Canvas::Map {
-            task: WireSignature::new(T::NAME, vec![], Map::new()),
-            it: to_values(it)?,
-            options: Map::new(),
-        }))
+        Ok(Sig::wrap(mapping::<T>(false, to_values(it)?)))
     }
 
     /// `T` called with each item of `it` as its arguments, in one task (`celery.starmap`).
     pub fn starmap<T: Task>(
         it: impl IntoIterator<Item = impl Serialize>,
     ) -> Result<Sig<Vec<T::Output>>, Error> {
-        Ok(Sig::wrap(Canvas::Starmap {
-            task: WireSignature::new(T::NAME, vec![], Map::new()),
-            it: to_values(it)?,
-            options: Map::new(),
-        }))
+        Ok(Sig::wrap(mapping::<T>(true, to_values(it)?)))
+    }
+}
+
+/// `celery.map` (or, with `star`, `celery.starmap`) of task `T` over `it`.
+fn mapping<T: Task>(star: bool, it: Vec<Value>) -> Canvas {
+    let task = WireSignature::new(T::NAME, vec![], Map::new());
+    let options = Map::new();
+    if star {
+        Canvas::Starmap { task, it, options }
+    } else {
+        Canvas::Map { task, it, options }
     }
 }
 
@@ -121,13 +124,7 @@ pub fn chunks<T: Task>(
     let items = to_values(it)?;
     let members = items
         .chunks(n.max(1))
-        .map(|part| {
-            Sig::wrap(Canvas::Starmap {
-                task: WireSignature::new(T::NAME, vec![], Map::new()),
-                it: part.to_vec(),
-                options: Map::new(),
-            })
-        })
+        .map(|part| Sig::wrap(mapping::<T>(true, part.to_vec())))
         .collect::<Vec<Sig<Vec<T::Output>>>>();
     Ok(group(members))
 }
