@@ -1,0 +1,101 @@
+//! Schedules for celeriac beat, Celery's periodic-task scheduler: what a schedule is, and
+//! when it next runs. No loop, broker or clock here, only the arithmetic, so it can be
+//! tested against Python Celery's own answers (`tests/celery_table.rs`).
+//!
+//! Two kinds, as in Celery 5.7's `celery.schedules`:
+//!
+//! * [`Interval`], Celery's `schedule(run_every, relative)`: due every so long since the
+//!   last run, parsed from `"30s"`, `"1h30m"`, `"2.5"`, ...
+//! * [`Crontab`], Celery's `crontab(minute, hour, day_of_week, day_of_month,
+//!   month_of_year)`, with Celery's field grammar, or the cron string `"m h dom mon dow"`.
+//!
+//! Wall-clock rules (crontab fields, relative rounding) are evaluated in the app's time
+//! zone, Celery's `app.conf.timezone`, given as a [`Tz`]. How daylight-saving transitions
+//! are handled is documented on [`crontab`].
+//!
+//! ```
+//! use celeriac_beat::{Crontab, Interval, Schedule, Tz};
+//! use chrono::{TimeZone, Utc};
+//!
+//! let nightly = Schedule::from("30 2 * * *".parse::<Crontab>().unwrap());
+//! let often = Schedule::from("5m".parse::<Interval>().unwrap());
+//! let tz: Tz = "Europe/Stockholm".parse().unwrap();
+//! let last = Utc.with_ymd_and_hms(2025, 1, 15, 12, 0, 0).unwrap();
+//!
+//! // 02:30 in Stockholm is 01:30 UTC in winter.
+//! let next = nightly.next_after(last, last, tz);
+//! assert_eq!(next, Utc.with_ymd_and_hms(2025, 1, 16, 1, 30, 0).unwrap());
+//! assert_eq!(often.next_after(last, last, tz), last + chrono::TimeDelta::minutes(5));
+//! ```
+
+pub mod crontab;
+pub mod field;
+pub mod interval;
+mod local;
+
+use chrono::{DateTime, Utc};
+
+pub use chrono_tz::Tz;
+pub use crontab::{Crontab, CrontabError};
+pub use field::{FieldError, FieldKind, FieldSet};
+pub use interval::{format_duration, parse_duration, Interval, IntervalError};
+
+/// A periodic task's schedule.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Schedule {
+    Interval(Interval),
+    Crontab(Crontab),
+}
+
+impl Schedule {
+    /// When the entry is next due, given its last run, the time now and the app's time
+    /// zone. Never before `now`: a due time that passed while beat was not looking means
+    /// due at once, and once only (Celery runs a missed entry once, not once per missed
+    /// period).
+    pub fn next_after(&self, last_run: DateTime<Utc>, now: DateTime<Utc>, tz: Tz) -> DateTime<Utc> {
+        match self {
+            Schedule::Interval(interval) => interval.next_after_in(last_run, now, tz),
+            Schedule::Crontab(crontab) => crontab.next_fire_after(last_run, tz).max(now),
+        }
+    }
+}
+
+impl From<Interval> for Schedule {
+    fn from(interval: Interval) -> Self {
+        Schedule::Interval(interval)
+    }
+}
+
+impl From<Crontab> for Schedule {
+    fn from(crontab: Crontab) -> Self {
+        Schedule::Crontab(crontab)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn dispatches_and_never_answers_before_now() {
+        let last = Utc.with_ymd_and_hms(2025, 1, 15, 12, 0, 0).unwrap();
+        let now = Utc.with_ymd_and_hms(2025, 1, 20, 8, 0, 0).unwrap();
+        let daily: Schedule = "0 0 * * *".parse::<Crontab>().unwrap().into();
+        assert_eq!(
+            daily.next_after(last, last, Tz::UTC),
+            Utc.with_ymd_and_hms(2025, 1, 16, 0, 0, 0).unwrap()
+        );
+        assert_eq!(daily.next_after(last, now, Tz::UTC), now);
+        let hourly: Schedule = Interval::new(std::time::Duration::from_secs(3600))
+            .with_relative(true)
+            .into();
+        let tz: Tz = "Asia/Kolkata".parse().unwrap();
+        // Relative rounding is to the hour of the zone's clock: 12:00 UTC is 17:30 IST.
+        assert_eq!(
+            hourly.next_after(last, last, tz),
+            Utc.with_ymd_and_hms(2025, 1, 15, 12, 30, 0).unwrap()
+        );
+        assert_eq!(hourly.next_after(last, now, tz), now);
+    }
+}
