@@ -9,6 +9,9 @@
 //! * [`Crontab`], Celery's `crontab(minute, hour, day_of_week, day_of_month,
 //!   month_of_year)`, with Celery's field grammar, or the cron string `"m h dom mon dow"`.
 //!
+//! An [`Entry`] is one periodic task (a task name, its arguments and options, its
+//! schedule); a [`ScheduleFile`] reads them from TOML (the format is on [`file`]).
+//!
 //! Wall-clock rules (crontab fields, relative rounding) are evaluated in the app's time
 //! zone, Celery's `app.conf.timezone`, given as a [`Tz`]. How daylight-saving transitions
 //! are handled is documented on [`crontab`].
@@ -29,7 +32,9 @@
 //! ```
 
 pub mod crontab;
+mod entry;
 pub mod field;
+pub mod file;
 pub mod interval;
 mod local;
 
@@ -37,7 +42,9 @@ use chrono::{DateTime, Utc};
 
 pub use chrono_tz::Tz;
 pub use crontab::{Crontab, CrontabError};
+pub use entry::{Entry, EntryOptions};
 pub use field::{FieldError, FieldKind, FieldSet};
+pub use file::{FileError, ScheduleFile};
 pub use interval::{format_duration, parse_duration, Interval, IntervalError};
 
 /// A periodic task's schedule.

@@ -86,6 +86,17 @@ pub(crate) enum Command {
     Status(StatusArgs),
     /// Watch the events workers send (start them with -E for task events).
     Events(EventsArgs),
+    /// Periodic tasks: check a schedule file, list its entries and their next runs.
+    #[command(subcommand)]
+    Beat(BeatCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum BeatCommand {
+    /// Validate a schedule file: every mistake is one line naming the entry and the field.
+    Check { file: PathBuf },
+    /// Each entry of a schedule file with its schedule and next run time.
+    List { file: PathBuf },
 }
 
 #[derive(Subcommand, Debug)]

@@ -21,6 +21,7 @@
 //! defaults (`docs/configuration.md`).
 
 mod args;
+mod beat;
 mod config;
 mod detach;
 mod events;
@@ -170,6 +171,7 @@ async fn execute(
         Command::Control(args) => remote::control(&app, args).await,
         Command::Status(args) => remote::status(&app, args).await,
         Command::Events(args) => events::watch(&app, args).await,
+        Command::Beat(command) => beat::execute(command),
         Command::Multi(_) => {
             unreachable!("multi runs before the runtime starts (see `run_command_line`)")
         }

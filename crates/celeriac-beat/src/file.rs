@@ -1,0 +1,384 @@
+//! Schedule files: a beat schedule in TOML, for the task-agnostic `celeriac beat` (it sends
+//! by name, so it needs no task code).
+//!
+//! ```toml
+//! timezone = "Europe/Stockholm"   # optional, default UTC (Celery's `timezone`)
+//!
+//! [[entry]]
+//! name = "tick"
+//! task = "pytasks.record"
+//! args = ["tick"]                 # optional; so are kwargs = { ... }
+//! every = "1s"                    # or: cron = "*/5 * * * *"
+//! relative = false                # optional, with `every` (Celery's `relative`)
+//! queue = "py"                    # optional: queue, routing_key, priority, expires (s)
+//! ```
+//!
+//! Every mistake is one line naming the entry and the field: `entry "tick": cron: hour: 25
+//! is out of range 0-23`, `entry 2: name is missing`, `duplicate entry name "tick"
+//! (entries 1 and 3)`, `timezone: unknown time zone "Mars/Olympus"`.
+
+use std::collections::HashMap;
+
+use serde_json::{Map, Value};
+use toml::Table;
+
+use crate::{Crontab, Entry, EntryOptions, Interval, Schedule, Tz};
+
+/// A parsed schedule file.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ScheduleFile {
+    pub timezone: Tz,
+    pub entries: Vec<Entry>,
+}
+
+/// What is wrong with a schedule file: one line, naming the entry and the field.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct FileError(String);
+
+/// A TOML value as the error shows it (JSON text: the crate builds TOML without its
+/// printer).
+fn shown(value: &toml::Value) -> String {
+    serde_json::to_string(value).unwrap_or_else(|_| value.type_str().to_string())
+}
+
+fn err(message: impl Into<String>) -> FileError {
+    FileError(message.into())
+}
+
+const TOP_LEVEL: [&str; 2] = ["timezone", "entry"];
+const ENTRY_KEYS: [&str; 12] = [
+    "name",
+    "task",
+    "args",
+    "kwargs",
+    "every",
+    "relative",
+    "cron",
+    "solar",
+    "queue",
+    "routing_key",
+    "priority",
+    "expires",
+];
+
+impl std::str::FromStr for ScheduleFile {
+    type Err = FileError;
+
+    fn from_str(text: &str) -> Result<Self, FileError> {
+        let table: Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| err(format!("not TOML: {}", e.message())))?;
+        if let Some(key) = table.keys().find(|k| !TOP_LEVEL.contains(&k.as_str())) {
+            return Err(err(format!(
+                "unknown key {key:?} (expected timezone and [[entry]] tables)"
+            )));
+        }
+        let timezone = match table.get("timezone") {
+            None => Tz::UTC,
+            Some(toml::Value::String(name)) => name
+                .parse()
+                .map_err(|_| err(format!("timezone: unknown time zone {name:?}")))?,
+            Some(other) => {
+                return Err(err(format!(
+                    "timezone: expected a name, got {}",
+                    shown(other)
+                )))
+            }
+        };
+        let entries = match table.get("entry") {
+            None => Vec::new(),
+            Some(toml::Value::Array(items)) => items
+                .iter()
+                .enumerate()
+                .map(|(i, item)| entry(i + 1, item))
+                .collect::<Result<_, _>>()?,
+            Some(_) => return Err(err("entry: expected [[entry]] tables")),
+        };
+        no_duplicates(&entries)?;
+        Ok(ScheduleFile { timezone, entries })
+    }
+}
+
+fn no_duplicates(entries: &[Entry]) -> Result<(), FileError> {
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for (i, e) in entries.iter().enumerate() {
+        if let Some(first) = seen.insert(&e.name, i + 1) {
+            return Err(err(format!(
+                "duplicate entry name {:?} (entries {first} and {})",
+                e.name,
+                i + 1
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Reads the fields of one `[[entry]]`; `place` is its 1-based position (for errors before
+/// its name is known).
+struct Fields<'a> {
+    table: &'a Table,
+    label: String,
+}
+
+impl<'a> Fields<'a> {
+    fn err(&self, field: &str, what: impl std::fmt::Display) -> FileError {
+        err(format!("{}: {field}: {what}", self.label))
+    }
+
+    fn str(&self, field: &str) -> Result<Option<&'a str>, FileError> {
+        match self.table.get(field) {
+            None => Ok(None),
+            Some(toml::Value::String(s)) => Ok(Some(s)),
+            Some(other) => Err(self.err(field, format!("expected a string, got {}", shown(other)))),
+        }
+    }
+
+    fn json(&self, field: &str) -> Result<Option<Value>, FileError> {
+        self.table
+            .get(field)
+            .map(|v| serde_json::to_value(v).map_err(|e| self.err(field, e)))
+            .transpose()
+    }
+}
+
+fn entry(place: usize, item: &toml::Value) -> Result<Entry, FileError> {
+    let Some(table) = item.as_table() else {
+        return Err(err(format!("entry {place}: expected a table")));
+    };
+    let mut fields = Fields {
+        table,
+        label: format!("entry {place}"),
+    };
+    let name = match fields.str("name")? {
+        Some(name) if !name.trim().is_empty() => name.to_string(),
+        Some(_) => return Err(fields.err("name", "is empty")),
+        None => return Err(err(format!("entry {place}: name is missing"))),
+    };
+    fields.label = format!("entry {name:?}");
+    if let Some(key) = table.keys().find(|k| !ENTRY_KEYS.contains(&k.as_str())) {
+        return Err(fields.err(key, "unknown field"));
+    }
+    let task = match fields.str("task")? {
+        Some(task) if !task.trim().is_empty() => task.to_string(),
+        Some(_) => return Err(fields.err("task", "is empty")),
+        None => return Err(fields.err("task", "is missing")),
+    };
+    let args = match fields.json("args")? {
+        None => Vec::new(),
+        Some(Value::Array(args)) => args,
+        Some(other) => return Err(fields.err("args", format!("expected a list, got {other}"))),
+    };
+    let kwargs = match fields.json("kwargs")? {
+        None => Map::new(),
+        Some(Value::Object(kwargs)) => kwargs,
+        Some(other) => return Err(fields.err("kwargs", format!("expected a table, got {other}"))),
+    };
+    Ok(Entry {
+        options: options(&fields)?,
+        schedule: schedule(&fields)?,
+        name,
+        task,
+        args,
+        kwargs,
+    })
+}
+
+/// Exactly one of `every`, `cron`, `solar`.
+fn schedule(fields: &Fields<'_>) -> Result<Schedule, FileError> {
+    let given: Vec<&str> = ["every", "cron", "solar"]
+        .into_iter()
+        .filter(|k| fields.table.contains_key(*k))
+        .collect();
+    let relative = match fields.table.get("relative") {
+        None => false,
+        Some(toml::Value::Boolean(b)) => *b,
+        Some(other) => {
+            return Err(fields.err(
+                "relative",
+                format!("expected true or false, got {}", shown(other)),
+            ))
+        }
+    };
+    match given.as_slice() {
+        ["every"] => {
+            let text = fields.str("every")?.unwrap_or_default();
+            let interval: Interval = text.parse().map_err(|e| fields.err("every", e))?;
+            Ok(Schedule::Interval(interval.with_relative(relative)))
+        }
+        ["cron"] => {
+            if relative {
+                return Err(fields.err("relative", "applies to `every` only"));
+            }
+            let text = fields.str("cron")?.unwrap_or_default();
+            let crontab: Crontab = text.parse().map_err(|e| fields.err("cron", e))?;
+            Ok(Schedule::Crontab(crontab))
+        }
+        ["solar"] => Err(fields.err(
+            "solar",
+            "solar schedules are not supported yet (use every or cron)",
+        )),
+        [] => Err(err(format!(
+            "{}: give one of every, cron or solar",
+            fields.label
+        ))),
+        several => Err(err(format!(
+            "{}: give one of every, cron or solar, not {}",
+            fields.label,
+            several.join(" and ")
+        ))),
+    }
+}
+
+fn options(fields: &Fields<'_>) -> Result<EntryOptions, FileError> {
+    let priority = match fields.table.get("priority") {
+        None => None,
+        Some(toml::Value::Integer(p)) if (0..=9).contains(p) => Some(*p as u8),
+        Some(other) => {
+            return Err(fields.err("priority", format!("expected 0 to 9, got {}", shown(other))))
+        }
+    };
+    let expires = match fields.table.get("expires") {
+        None => None,
+        Some(toml::Value::Integer(s)) if *s > 0 => Some(*s as f64),
+        Some(toml::Value::Float(s)) if *s > 0.0 => Some(*s),
+        Some(other) => {
+            return Err(fields.err(
+                "expires",
+                format!("expected seconds above 0, got {}", shown(other)),
+            ))
+        }
+    };
+    Ok(EntryOptions {
+        queue: fields.str("queue")?.map(str::to_string),
+        routing_key: fields.str("routing_key")?.map(str::to_string),
+        priority,
+        expires,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<ScheduleFile, String> {
+        text.parse::<ScheduleFile>().map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_file_reads_into_entries_with_their_schedules_and_options() {
+        let file = parse(
+            r#"
+            timezone = "Europe/Stockholm"
+            [[entry]]
+            name = "tick"
+            task = "pytasks.record"
+            args = ["tick", 1]
+            kwargs = { loud = true }
+            every = "1s"
+            queue = "py"
+            priority = 9
+            expires = 30
+            [[entry]]
+            name = "nightly"
+            task = "reports.build"
+            cron = "30 2 * * mon-fri"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(file.timezone, "Europe/Stockholm".parse::<Tz>().unwrap());
+        let tick = &file.entries[0];
+        assert_eq!(
+            (tick.name.as_str(), tick.task.as_str()),
+            ("tick", "pytasks.record")
+        );
+        assert_eq!(tick.args, vec![Value::from("tick"), Value::from(1)]);
+        assert_eq!(tick.kwargs["loud"], Value::Bool(true));
+        assert_eq!(tick.options.queue.as_deref(), Some("py"));
+        assert_eq!(
+            (tick.options.priority, tick.options.expires),
+            (Some(9), Some(30.0))
+        );
+        assert!(matches!(tick.schedule, Schedule::Interval(i) if i.every.as_secs() == 1));
+        assert!(matches!(file.entries[1].schedule, Schedule::Crontab(_)));
+    }
+
+    #[test]
+    fn every_mistake_is_one_line_naming_the_entry_and_the_field() {
+        let cases = [
+            (
+                r#"[[entry]]
+                name = "t"
+                task = "x"
+                cron = "0 25 * * *""#,
+                r#"entry "t": cron: hour: "#,
+            ),
+            (
+                r#"timezone = "Mars/Olympus""#,
+                r#"timezone: unknown time zone "Mars/Olympus""#,
+            ),
+            (
+                r#"[[entry]]
+                task = "x"
+                every = "1s""#,
+                "entry 1: name is missing",
+            ),
+            (
+                r#"[[entry]]
+                name = "t"
+                task = " "
+                every = "1s""#,
+                r#"entry "t": task: is empty"#,
+            ),
+            (
+                r#"[[entry]]
+                name = "t"
+                task = "x"
+                every = "1s"
+                [[entry]]
+                name = "t"
+                task = "y"
+                every = "2s""#,
+                r#"duplicate entry name "t" (entries 1 and 2)"#,
+            ),
+            (
+                r#"[[entry]]
+                name = "t"
+                task = "x"
+                every = "1s"
+                cron = "* * * * *""#,
+                r#"entry "t": give one of every, cron or solar, not every and cron"#,
+            ),
+            (
+                r#"[[entry]]
+                name = "t"
+                task = "x"
+                every = "soon""#,
+                r#"entry "t": every: interval "soon""#,
+            ),
+            (
+                r#"[[entry]]
+                name = "t"
+                task = "x"
+                evry = "1s""#,
+                r#"entry "t": evry: unknown field"#,
+            ),
+            (
+                r#"[[entry]]
+                name = "t"
+                task = "x"
+                every = "1s"
+                priority = 12"#,
+                r#"entry "t": priority: expected 0 to 9"#,
+            ),
+        ];
+        for (text, expected) in cases {
+            let e = parse(text).expect_err(expected);
+            assert!(
+                e.starts_with(expected),
+                "{e:?} should start with {expected:?}"
+            );
+            assert!(!e.contains('\n'), "one line: {e:?}");
+        }
+    }
+}

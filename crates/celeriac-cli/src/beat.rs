@@ -1,0 +1,62 @@
+//! `beat check FILE` and `beat list FILE`: a schedule file validated, or its entries with
+//! their next runs (in the file's time zone and in UTC). Neither needs a broker.
+
+use std::path::Path;
+
+use celeriac_beat::{Entry, Schedule, ScheduleFile};
+use chrono::Utc;
+
+use crate::args::BeatCommand;
+
+pub(crate) fn execute(command: BeatCommand) -> Result<(), String> {
+    match command {
+        BeatCommand::Check { file } => {
+            let schedule = read(&file)?;
+            println!(
+                "{}: {} entries, time zone {}",
+                file.display(),
+                schedule.entries.len(),
+                schedule.timezone
+            );
+            Ok(())
+        }
+        BeatCommand::List { file } => {
+            let schedule = read(&file)?;
+            print!("{}", listing(&schedule));
+            Ok(())
+        }
+    }
+}
+
+fn read(path: &Path) -> Result<ScheduleFile, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    text.parse().map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// One line per entry: name, task, schedule, next run (as beat would start now, with no
+/// run recorded yet).
+fn listing(schedule: &ScheduleFile) -> String {
+    let now = Utc::now();
+    let tz = schedule.timezone;
+    let mut out = String::new();
+    for entry in &schedule.entries {
+        let next = entry.schedule.next_after(now, now, tz);
+        out.push_str(&format!(
+            "{}  {}  {}  next {} ({})\n",
+            entry.name,
+            entry.task,
+            describe(entry),
+            next.with_timezone(&tz).format("%Y-%m-%d %H:%M:%S %Z"),
+            next.format("%Y-%m-%dT%H:%M:%SZ"),
+        ));
+    }
+    out
+}
+
+fn describe(entry: &Entry) -> String {
+    match &entry.schedule {
+        Schedule::Interval(interval) => interval.to_string(),
+        Schedule::Crontab(crontab) => format!("cron {crontab}"),
+    }
+}
