@@ -448,6 +448,18 @@ async fn nested_canvases(app: App) {
     let outer = chord([inner, Sig::from(add::s(3, 3))], Sig::task::<tsum>(vec![]));
     let total = outer.apply_async(&app).await.expect("sent");
     assert_eq!(total.get(WAIT).await.expect("chord of a chord"), 12);
+    // The inner chord fails: its body's ChordError is counted in the outer chord, whose
+    // body then fails too (rather than wait forever).
+    let inner = chain![
+        group([Sig::from(add::s(1, 1)), Sig::from(explode::s(9))]),
+        Sig::task::<tsum>(vec![])
+    ];
+    let outer = chord([inner, Sig::from(add::s(3, 3))], Sig::task::<tsum>(vec![]));
+    let total = outer.apply_async(&app).await.expect("sent");
+    let Err(ResultError::Task(e)) = total.get(WAIT).await else {
+        panic!("the outer body fails");
+    };
+    assert_eq!(e.exc_type, "ChordError", "{e:?}");
 }
 
 async fn a_chord_of_ten_thousand_members_completes(app: App) {

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use celeriac_core::backend::{ChordPart, PartResult, PartReturn};
-use celeriac_core::canvas::Signature;
+use celeriac_core::canvas::{list_option, Signature};
 use celeriac_core::state::{ExceptionInfo, TaskMeta, TaskState};
 use serde_json::Value;
 use tracing::{error, info, warn};
@@ -113,8 +113,9 @@ impl Shared {
         }
     }
 
-    /// Celery's `chord_error_from_stack`: FAILURE `ChordError(reason)` for the body, its
-    /// errbacks sent, its chain failed.
+    /// Celery's `chord_error_from_stack`: FAILURE `ChordError(reason)` for the body (counted
+    /// in its own chord when the body is a member of an enclosing one) and for its chain,
+    /// and the body's errbacks sent.
     async fn fail_chord_body(
         &self,
         group_id: &str,
@@ -127,22 +128,13 @@ impl Shared {
         let Ok(sig) = Signature::from_value(body) else {
             return;
         };
+        let mut failed = vec![body.clone()];
+        failed.extend(list_option(&sig.options, "chain").unwrap_or_default());
+        Box::pin(self.fail_chain(failed, &exc, None)).await;
         let id = sig.options.get("task_id").and_then(Value::as_str);
-        if let Some(id) = id {
-            let mut meta = TaskMeta::pending(id.to_string());
-            meta.status = TaskState::Failure;
-            meta.result = exc.to_value();
-            meta.children = Some(Vec::new());
-            meta.date_done = Some(chrono::Utc::now());
-            meta.group_id = Some(group_id.to_string());
-            self.store_meta(&meta).await;
-            let errbacks = celeriac_core::canvas::list_option(&sig.options, "link_error");
-            if let Some(errbacks) = errbacks.filter(|e| !e.is_empty()) {
-                self.send_errbacks(id, by.root_id, &errbacks).await;
-            }
-        }
-        if let Some(chain) = celeriac_core::canvas::list_option(&sig.options, "chain") {
-            Box::pin(self.fail_chain(chain, &exc, None)).await;
+        let errbacks = list_option(&sig.options, "link_error").filter(|e| !e.is_empty());
+        if let (Some(id), Some(errbacks)) = (id, errbacks) {
+            self.send_errbacks(id, by.root_id, &errbacks).await;
         }
     }
 
