@@ -283,7 +283,10 @@ async fn a_chord_with_a_failing_member_fails_with_chord_error(app: App) {
         Sig::from(explode::s(7)),
         Sig::from(add::s(2, 2)),
     ];
-    let body = chord(header, Sig::task::<tsum>(vec![]))
+    // The body's errback is sent when the chord fails, with the body's id.
+    let errback_id = uuid_like();
+    let errback = Sig::task::<echo>(vec![]).task_id(errback_id.clone());
+    let body = chord(header, Sig::task::<tsum>(vec![]).link_error(errback))
         .apply_async(&app)
         .await
         .expect("sent");
@@ -295,6 +298,11 @@ async fn a_chord_with_a_failing_member_fails_with_chord_error(app: App) {
         e.message.contains("Dependency") && e.message.contains("exploded on 7"),
         "{}",
         e.message
+    );
+    let errback = celeriac::AsyncResult::<String>::new(app.clone(), errback_id);
+    assert_eq!(
+        errback.get(WAIT).await.expect("the body's errback ran"),
+        body.id()
     );
 }
 
