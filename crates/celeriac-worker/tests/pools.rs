@@ -244,6 +244,10 @@ async fn disable_prefetch_fetches_only_for_a_free_slot() {
 /// Hook calls, in order, as `hook:task-name`.
 static HOOKS: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
+fn called(hook: &str) -> bool {
+    HOOKS.lock().unwrap().iter().any(|h| h == hook)
+}
+
 fn seen(entry: String) -> celeriac::HookResult {
     HOOKS.lock().unwrap().push(entry);
     Ok(())
@@ -277,23 +281,15 @@ async fn hooks_see_each_step_and_a_failing_hook_changes_nothing() {
         },
     )
     .await;
-    wait_until("worker_ready", || {
-        HOOKS.lock().unwrap().iter().any(|h| h == "worker_ready")
-    })
-    .await;
+    wait_until("worker_ready", || called("worker_ready")).await;
     let ok = mark::delay(&app, "hooked".into()).await.unwrap();
     assert_eq!(ok.get(WAIT).await.unwrap(), "hooked");
+    // `task_postrun` runs after the result is stored, so `get` may return before it.
+    wait_until("task_postrun of p.mark", || called("task_postrun:p.mark")).await;
     let failed = fails::delay(&app).await.unwrap();
     assert!(matches!(failed.get(WAIT).await, Err(ResultError::Task(_))));
     // The result is stored before `task_postrun` runs: wait for it, then stop.
-    wait_until("task_postrun of p.fails", || {
-        HOOKS
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|h| h == "task_postrun:p.fails")
-    })
-    .await;
+    wait_until("task_postrun of p.fails", || called("task_postrun:p.fails")).await;
     w.stop().await;
     let calls = HOOKS.lock().unwrap().clone();
     // `after_task_publish` runs in the client once the publish returned, while the worker
