@@ -1,6 +1,7 @@
-//! Schedules for celeriac beat, Celery's periodic-task scheduler: what a schedule is, and
-//! when it next runs. No loop, broker or clock here, only the arithmetic, so it can be
-//! tested against Python Celery's own answers (`tests/celery_table.rs`).
+//! celeriac beat, Celery's periodic-task scheduler: schedules, the arithmetic of their next
+//! run (tested against Python Celery's own answers, `tests/celery_table.rs`), and the loop
+//! that sends them ([`scheduler`]), safe to run on every node: a leader lease in the
+//! broker's store makes one process send each tick.
 //!
 //! Two kinds, as in Celery 5.7's `celery.schedules`:
 //!
@@ -37,6 +38,7 @@ pub mod field;
 pub mod file;
 pub mod interval;
 mod local;
+pub mod scheduler;
 
 use chrono::{DateTime, Utc};
 
@@ -46,6 +48,7 @@ pub use entry::{Entry, EntryOptions};
 pub use field::{FieldError, FieldKind, FieldSet};
 pub use file::{FileError, ScheduleFile};
 pub use interval::{format_duration, parse_duration, Interval, IntervalError};
+pub use scheduler::{Beat, BeatConfig, BeatError, BeatHandle, Clock, Engines, Missed, SystemClock};
 
 /// A periodic task's schedule.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -63,6 +66,16 @@ impl Schedule {
         match self {
             Schedule::Interval(interval) => interval.next_after_in(last_run, now, tz),
             Schedule::Crontab(crontab) => crontab.next_fire_after(last_run, tz).max(now),
+        }
+    }
+}
+
+/// `every 1s`, `every 1h (relative)`, `cron */5 * * * *`.
+impl std::fmt::Display for Schedule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Schedule::Interval(interval) => interval.fmt(f),
+            Schedule::Crontab(crontab) => write!(f, "cron {crontab}"),
         }
     }
 }

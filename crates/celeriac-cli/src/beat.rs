@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use celeriac_beat::{Entry, Schedule, ScheduleFile};
+use celeriac_beat::ScheduleFile;
 use chrono::Utc;
 
 use crate::args::BeatCommand;
@@ -46,17 +46,10 @@ fn listing(schedule: &ScheduleFile) -> String {
             "{}  {}  {}  next {} ({})\n",
             entry.name,
             entry.task,
-            describe(entry),
+            entry.schedule,
             next.with_timezone(&tz).format("%Y-%m-%d %H:%M:%S %Z"),
             next.format("%Y-%m-%dT%H:%M:%SZ"),
         ));
     }
     out
-}
-
-fn describe(entry: &Entry) -> String {
-    match &entry.schedule {
-        Schedule::Interval(interval) => interval.to_string(),
-        Schedule::Crontab(crontab) => format!("cron {crontab}"),
-    }
 }

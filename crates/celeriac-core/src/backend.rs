@@ -99,6 +99,12 @@ pub trait ResultBackend: Send + Sync + 'static {
     fn chords(&self) -> Option<&dyn ChordJoin> {
         None
     }
+
+    /// Beat's leader lease and last runs, for brokers without a store of their own
+    /// (RabbitMQ): the embedded store and Redis offer it here too.
+    fn beat_store(&self) -> Option<&dyn crate::beat::BeatStore> {
+        None
+    }
 }
 
 /// Where a header task's result goes in its chord: the chord's group id and the task's

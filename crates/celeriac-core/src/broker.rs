@@ -133,6 +133,10 @@ pub trait Broker: Send + Sync + 'static {
     fn events(&self) -> Option<&dyn crate::events::Events> {
         None
     }
+    /// Beat's leader lease and last runs, on engines with a store of their own.
+    fn beat_store(&self) -> Option<&dyn crate::beat::BeatStore> {
+        None
+    }
 
     /// Finishes pending publishes and closes the connections this handle opened for
     /// publishing; later publishes fail with [`ErrorKind::Closed`](crate::ErrorKind).

@@ -13,6 +13,7 @@
 //! ```
 
 pub mod backend;
+pub mod beat;
 pub mod broker;
 pub mod canvas;
 pub mod control;

@@ -35,6 +35,7 @@ use serde_json::{json, Map, Value};
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
+use crate::beat::RedisBeatStore;
 use crate::keys::{self, Keys};
 
 #[path = "events.rs"]
@@ -57,7 +58,7 @@ fn now_score() -> String {
     format!("{}.{:06}", t.timestamp(), t.timestamp_subsec_micros())
 }
 
-fn is_connection_error(e: &RedisError) -> bool {
+pub(crate) fn is_connection_error(e: &RedisError) -> bool {
     e.is_io_error()
         || e.is_connection_dropped()
         || e.is_connection_refusal()
@@ -104,7 +105,7 @@ struct LinkState {
 }
 
 /// One named connection that reconnects (with exponential backoff) after it broke.
-struct Link {
+pub(crate) struct Link {
     client: redis::Client,
     name: String,
     response_timeout: Option<Duration>,
@@ -223,7 +224,12 @@ impl Link {
 
     /// Runs `op` on the connection; `retry`: once more on a fresh connection when the
     /// connection broke (for idempotent operations, and publishes, as kombu retries them).
-    async fn run<T, F, Fut>(&self, what: &str, retry: bool, mut op: F) -> Result<T, BrokerError>
+    pub(crate) async fn run<T, F, Fut>(
+        &self,
+        what: &str,
+        retry: bool,
+        mut op: F,
+    ) -> Result<T, BrokerError>
     where
         F: FnMut(MultiplexedConnection) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
@@ -416,11 +422,14 @@ struct Inner {
     client: redis::Client,
     name: String,
     health: Arc<Health>,
-    cmd: Link,
+    /// Shared with the beat store, which sends its scripts on it too.
+    cmd: Arc<Link>,
     scripts: Scripts,
     declared: Mutex<HashSet<String>>,
     consumers: AtomicU64,
     clock: AtomicU64,
+    /// Beat's lease and last runs, on the command connection.
+    beat: RedisBeatStore,
 }
 
 /// Redis broker in kombu's layout. See the module docs.
@@ -451,13 +460,14 @@ impl RedisBroker {
             display: format!("{}:{} (db {})", url.host, url.port, url.db),
             down: AtomicBool::new(false),
         });
-        let cmd = Link::new(
+        let cmd = Arc::new(Link::new(
             client.clone(),
             format!("{name}-cmd"),
             Some(Duration::from_secs(30)),
             health.clone(),
-        );
+        ));
         let inner = Arc::new(Inner {
+            beat: RedisBeatStore::on_broker(&url, cmd.clone()),
             keys: Keys::new(&url.global_keyprefix, url.db),
             url,
             client,
@@ -847,6 +857,9 @@ impl Broker for RedisBroker {
     }
     fn events(&self) -> Option<&dyn celeriac_core::events::Events> {
         Some(self)
+    }
+    fn beat_store(&self) -> Option<&dyn celeriac_core::beat::BeatStore> {
+        Some(&self.inner.beat)
     }
 }
 

@@ -21,8 +21,13 @@
 //! | `celeriac.dead_letters` | list | JSON `{id, queue, reason, at, envelope}` (LPUSH: newest first) |
 //! | `celeriac.revoked` | stream | one entry per revoked id: `task_id`, `terminate` (0/1), `at` (ms) |
 //! | `celeriac.revoked_ids` | zset | revoked task id scored by revoke time (ms), newest 100 000 kept |
+//! | `celeriac.beat.<schedule>.lease` | string | `<token>:<holder>`, beat's leader lease, `PX` = its TTL |
+//! | `celeriac.beat.<schedule>.token` | string | integer, the last fencing token handed out (INCR) |
+//! | `celeriac.beat.<schedule>.runs` | hash | entry → JSON `{"schedule", "at" (ms), "n"}`, its last run |
 //!
-//! Every key and channel carries kombu's `global_keyprefix`, prepended exactly as given.
+//! Every key and channel carries kombu's `global_keyprefix`, prepended exactly as given. The
+//! beat keys do so from the broker and from the result backend alike (not the backend's
+//! `_`-appending rule), so both handles on one server reach the same lease.
 
 use redis::Script;
 
@@ -418,6 +423,106 @@ return 1
     )
 }
 
+// ----------------------------------------------------------------------------------------
+// Beat: leader lease and last runs (`beat.rs`)
+// ----------------------------------------------------------------------------------------
+
+/// The keys of one beat schedule, for one `global_keyprefix` (see the table above).
+#[derive(Debug, Clone)]
+pub struct BeatKeys {
+    prefix: String,
+}
+
+impl BeatKeys {
+    /// `global_keyprefix` exactly as given in the URL.
+    pub fn new(global_keyprefix: &str) -> BeatKeys {
+        BeatKeys {
+            prefix: global_keyprefix.to_string(),
+        }
+    }
+
+    fn beat(&self, schedule: &str, what: &str) -> String {
+        format!("{}celeriac.beat.{schedule}.{what}", self.prefix)
+    }
+
+    /// `celeriac.beat.<schedule>.lease`: `<token>:<holder>` while held, gone once it lapsed
+    /// (PX) or was released. The token is the digits before the first `:`, so a holder name
+    /// may contain `:`.
+    pub fn lease(&self, schedule: &str) -> String {
+        self.beat(schedule, "lease")
+    }
+
+    /// `celeriac.beat.<schedule>.token`: the last token handed out. It never expires, so
+    /// tokens keep growing across lapses and releases.
+    pub fn token(&self, schedule: &str) -> String {
+        self.beat(schedule, "token")
+    }
+
+    /// `celeriac.beat.<schedule>.runs`: entry name → `{"schedule": text, "at": due ms,
+    /// "n": total_run_count}`.
+    pub fn runs(&self, schedule: &str) -> String {
+        self.beat(schedule, "runs")
+    }
+}
+
+/// BEAT_ACQUIRE: take or renew a schedule's lease, on the server's clock.
+///
+/// KEYS[1] = lease, KEYS[2] = token counter. ARGV[1] = holder, ARGV[2] = TTL ms (≥ 1).
+/// No lease (never taken, lapsed, released): `INCR` the counter, `SET lease
+/// "<token>:<holder>" PX ttl`, return the token. The lease is the caller's: `PEXPIRE` it and
+/// return its token unchanged. Someone else's: return false (nil), nothing written.
+pub fn beat_acquire_script() -> Script {
+    Script::new(
+        r#"
+local cur = redis.call('GET', KEYS[1])
+if not cur then
+  local token = redis.call('INCR', KEYS[2])
+  redis.call('SET', KEYS[1], token .. ':' .. ARGV[1], 'PX', ARGV[2])
+  return token
+end
+local sep = string.find(cur, ':', 1, true)
+if sep and string.sub(cur, sep + 1) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return tonumber(string.sub(cur, 1, sep - 1))
+end
+return false
+"#,
+    )
+}
+
+/// BEAT_RELEASE: compare-and-delete a schedule's lease.
+///
+/// KEYS[1] = lease. ARGV[1] = `"<token>:<holder>"`. Deletes the lease only when it is that
+/// value (the caller still holds it with that token); the counter stays. Returns 1 when
+/// deleted, else 0.
+pub fn beat_release_script() -> Script {
+    Script::new(
+        r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"#,
+    )
+}
+
+/// BEAT_RECORD: write entries' last runs only while the caller's lease is the live one.
+///
+/// KEYS[1] = lease, KEYS[2] = runs hash. ARGV[1] = `"<token>:<holder>"`, then pairs of entry
+/// name and run JSON. When the lease is exactly ARGV[1] (a lapsed lease is gone, PX removed
+/// it; a newer holder's has another token), HSETs every pair (one HSET each: no `unpack`,
+/// whose stack limit a long schedule could pass) and returns 1; otherwise writes nothing and
+/// returns 0.
+pub fn beat_record_script() -> Script {
+    Script::new(
+        r#"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+for i = 2, #ARGV - 1, 2 do
+  redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
+end
+return 1
+"#,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -452,5 +557,9 @@ mod tests {
             Keys::parse_binding_member("celery\x06\x16\x06\x16celery"),
             Some(("celery", "", "celery"))
         );
+        let b = BeatKeys::new("p:");
+        assert_eq!(b.lease("default"), "p:celeriac.beat.default.lease");
+        assert_eq!(b.token("default"), "p:celeriac.beat.default.token");
+        assert_eq!(b.runs("default"), "p:celeriac.beat.default.runs");
     }
 }

@@ -7,9 +7,13 @@
 //! - [`RedisBackend`]: `celery-task-meta-<id>` written with SETEX and PUBLISHed, so a waiting
 //!   Python `AsyncResult.get()` wakes.
 //!
+//! Both also offer beat's leader lease and last runs (`beat_store()`, `beat.rs`): one
+//! script per atomic step, timed by the server's clock.
+//!
 //! Every key name and Lua script lives in `keys.rs` with its contract.
 
 mod backend;
+mod beat;
 mod broker;
 mod keys;
 mod url;

@@ -127,6 +127,11 @@ impl ResultBackend for SqliteStore {
         Some(self)
     }
 
+    /// The same store as the broker's `beat_store()`: one file holds both.
+    fn beat_store(&self) -> Option<&dyn celeriac_core::beat::BeatStore> {
+        Some(self)
+    }
+
     async fn get(&self, task_id: &str) -> Result<Option<TaskMeta>, BackendError> {
         self.get_meta(task_id).await
     }

@@ -235,6 +235,9 @@ impl Broker for SqliteStore {
     fn events(&self) -> Option<&dyn celeriac_core::events::Events> {
         Some(self)
     }
+    fn beat_store(&self) -> Option<&dyn celeriac_core::beat::BeatStore> {
+        Some(self)
+    }
 }
 
 // ----------------------------------------------------------------------------------------

@@ -42,9 +42,13 @@
 //! - Waiters (fetch, result wait) wake at once on this process's commits and, for other
 //!   processes' commits, through a watcher thread polling `PRAGMA data_version` every
 //!   millisecond while anyone waits.
+//! - Beat's leader lease and each entry's last run live in the file too (`beat.rs`), so beat
+//!   processes on the machine share one schedule: `beat_store()` on the broker or the result
+//!   backend returns the store itself.
 //! - Every SQL statement is in [`sql`] with its contract.
 
 mod backend;
+mod beat;
 mod broker;
 mod chord;
 mod db;

@@ -5,8 +5,10 @@
 //! as a blob. Writes always run inside `BEGIN IMMEDIATE` on the store's one writer
 //! connection, so every statement below that writes sees a stable database while it runs.
 
-/// The schema version written to `PRAGMA user_version`. Bump when the schema changes and add
-/// a migration step in `store::migrate`.
+/// The schema version written to `PRAGMA user_version`. Bump when the schema changes in a way
+/// [`CREATE_SCHEMA`] cannot apply to an existing file by itself (a changed column, not a new
+/// table: new tables are created by `CREATE TABLE IF NOT EXISTS` at every open), and add a
+/// migration step in `db::migrate`.
 pub const SCHEMA_VERSION: i64 = 1;
 
 // ----------------------------------------------------------------------------------------
@@ -86,6 +88,13 @@ pub const ROLLBACK_TO: &str = "ROLLBACK TO job";
 ///   body (a worker's token until `claimed_until`, then anyone's; `done` once fired).
 /// - `chord_parts`: the header results counted so far, one row per `(task id, index)`,
 ///   so a member stored twice counts once; `idx` is the `group_index` (none sorts last).
+/// - `beat_leases`: one row per beat schedule: who holds its leader lease until
+///   `expires_at`, and the fencing `token`, which grows each time the lease changes hands.
+///   A released or lapsed lease keeps its row (only `expires_at` says it is free), so the
+///   next holder's token is still larger than every token handed out before.
+/// - `beat_runs`: each schedule entry's last run as the leader recorded it: the schedule
+///   text it ran under, when the tick was due (`last_run_at`) and Celery's
+///   `total_run_count`.
 pub const CREATE_SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS queues (
     name       TEXT PRIMARY KEY,
@@ -214,6 +223,22 @@ CREATE TABLE IF NOT EXISTS chord_parts (
     state    TEXT    NOT NULL,
     result   TEXT    NOT NULL,
     PRIMARY KEY (group_id, idx, task_id)
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS beat_leases (
+    schedule   TEXT    PRIMARY KEY,
+    holder     TEXT    NOT NULL,
+    token      INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS beat_runs (
+    schedule        TEXT    NOT NULL,
+    entry           TEXT    NOT NULL,
+    schedule_text   TEXT    NOT NULL,
+    last_run_at     INTEGER NOT NULL,
+    total_run_count INTEGER NOT NULL,
+    PRIMARY KEY (schedule, entry)
 ) WITHOUT ROWID;
 ";
 
@@ -533,3 +558,50 @@ pub const PRUNE_CHORD_PARTS: &str = "DELETE FROM chord_parts WHERE group_id IN
 /// Deletes up to ?2 chords expired at ?1 (ms).
 pub const PRUNE_CHORDS: &str = "DELETE FROM chords WHERE group_id IN
     (SELECT group_id FROM chords WHERE expires_at IS NOT NULL AND expires_at <= ?1 LIMIT ?2)";
+
+// ----------------------------------------------------------------------------------------
+// Beat (leader lease and last runs; `beat.rs`)
+// ----------------------------------------------------------------------------------------
+
+/// Takes or renews schedule ?1's lease for holder ?2 until ?4 (ms), at time ?3 (ms), in one
+/// statement. It writes when there is no row, when the lease lapsed (`expires_at <= ?3`), or
+/// when ?2 holds it; it returns the token then, and no row when another holder's lease is
+/// live. The token is kept while a live holder renews and grows by one otherwise: a lapsed
+/// lease may have been someone else's meanwhile, even when the same holder takes it back.
+/// (In an UPDATE every expression reads the row as it was, so the CASE sees the old holder.)
+pub const ACQUIRE_BEAT_LEASE: &str = "INSERT INTO beat_leases (schedule, holder, token, expires_at)
+    VALUES (?1, ?2, 1, ?4)
+    ON CONFLICT (schedule) DO UPDATE SET
+        token = CASE WHEN beat_leases.holder = excluded.holder AND beat_leases.expires_at > ?3
+            THEN beat_leases.token ELSE beat_leases.token + 1 END,
+        holder = excluded.holder,
+        expires_at = excluded.expires_at
+    WHERE beat_leases.holder = excluded.holder OR beat_leases.expires_at <= ?3
+    RETURNING token";
+
+/// Releases schedule ?1's lease if holder ?2 holds it with token ?3: it lapses at once
+/// (`expires_at = 0`). The row stays, keeping the token for the next holder's to exceed.
+pub const RELEASE_BEAT_LEASE: &str = "UPDATE beat_leases SET expires_at = 0
+    WHERE schedule = ?1 AND holder = ?2 AND token = ?3";
+
+/// Schedule ?1's holder, token and expiry (ms) when its lease is live at ?2 (ms).
+pub const GET_BEAT_LEASE: &str = "SELECT holder, token, expires_at FROM beat_leases
+    WHERE schedule = ?1 AND expires_at > ?2";
+
+/// 1 when holder ?2 holds schedule ?1's lease with token ?3 and it is live at ?4 (ms). Read
+/// inside the write transaction of [`RECORD_BEAT_RUN`], so check and write are one step.
+pub const CHECK_BEAT_LEASE: &str = "SELECT 1 FROM beat_leases
+    WHERE schedule = ?1 AND holder = ?2 AND token = ?3 AND expires_at > ?4";
+
+/// Records entry ?2 of schedule ?1: run under schedule text ?3, due at ?4 (ms), ?5 runs so
+/// far; replaces the entry's earlier state. Only after [`CHECK_BEAT_LEASE`] found the lease.
+pub const RECORD_BEAT_RUN: &str = "INSERT INTO beat_runs
+    (schedule, entry, schedule_text, last_run_at, total_run_count) VALUES (?1, ?2, ?3, ?4, ?5)
+    ON CONFLICT (schedule, entry) DO UPDATE SET
+        schedule_text = excluded.schedule_text,
+        last_run_at = excluded.last_run_at,
+        total_run_count = excluded.total_run_count";
+
+/// Every entry of schedule ?1: entry, schedule text, last run (ms), run count.
+pub const BEAT_RUNS: &str = "SELECT entry, schedule_text, last_run_at, total_run_count
+    FROM beat_runs WHERE schedule = ?1";

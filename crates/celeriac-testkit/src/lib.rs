@@ -4,6 +4,8 @@
 //! - [`broker_suite`]: the [`Broker`](celeriac_core::broker::Broker) /
 //!   [`Consumer`](celeriac_core::broker::Consumer) contract and its capabilities.
 //! - [`backend_suite`]: the [`ResultBackend`](celeriac_core::backend::ResultBackend) contract.
+//! - [`beat_suite`]: the [`BeatStore`](celeriac_core::beat::BeatStore) contract, through a
+//!   broker's or a result backend's `beat_store()`.
 //! - [`rabbitmq`]: vhosts of their own for tests against RabbitMQ.
 //!
 //! The suites only ever talk to `Arc<dyn Broker>` / `Arc<dyn ResultBackend>`. An engine plugs
@@ -32,8 +34,9 @@
 //! # fn main() {}
 //! ```
 //!
-//! Each generated test prints `case NAME ... ok|FAILED|skipped (reason)`. [`broker_suite::run_all`]
-//! and [`backend_suite::run_all`] run every case in one go instead (with a name filter).
+//! Each generated test prints `case NAME ... ok|FAILED|skipped (reason)`. [`broker_suite::run_all`],
+//! [`backend_suite::run_all`] and [`beat_suite::run_all`] run every case in one go instead
+//! (with a name filter).
 
 use std::any::Any;
 use std::future::Future;
@@ -44,6 +47,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 pub mod backend_suite;
+pub mod beat_suite;
 pub mod broker_suite;
 pub mod published;
 pub mod rabbitmq;
@@ -132,6 +136,30 @@ impl<T: ?Sized + Send + Sync + 'static> Instance<T> {
     pub async fn open_again(&self) -> Arc<T> {
         (self.reopen)().await
     }
+
+    /// The same store seen through `f` (a broker as the handle a beat case tests), for
+    /// this instance and every one opened again.
+    pub(crate) fn map<U, F>(self, f: F) -> Instance<U>
+    where
+        U: ?Sized + Send + Sync + 'static,
+        F: Fn(Arc<T>) -> Arc<U> + Clone + Send + Sync + 'static,
+    {
+        let Instance {
+            first,
+            reopen,
+            _keep,
+        } = self;
+        let first = f(first);
+        let reopen: Reopen<U> = Box::new(move || {
+            let (again, f) = (reopen(), f.clone());
+            Box::pin(async move { f(again.await) })
+        });
+        Instance {
+            first,
+            reopen,
+            _keep,
+        }
+    }
 }
 
 /// How one case ended.
@@ -188,7 +216,7 @@ impl<F: ?Sized> Case<F> {
     }
 }
 
-/// The outcome of every case [`broker_suite::run_all`] or [`backend_suite::run_all`] ran.
+/// The outcome of every case a suite's `run_all` ran.
 #[derive(Debug, Clone, Default)]
 pub struct Report {
     pub outcomes: Vec<(&'static str, Outcome)>,

@@ -1,11 +1,13 @@
 //! The suites are not vacuous: engines with a planted fault fail the case that covers it,
 //! and an engine without a capability skips the case that needs it.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use celeriac_core::backend::{ChordJoin, ChordPart, PartReturn, ResultBackend};
+use celeriac_core::beat::{BeatStore, LastRun, LeaseHolder};
 use celeriac_core::broker::{
     Broker, Consumer, ConsumerSpec, Delivery, DeliveryTag, Publish, QueueSet,
 };
@@ -14,7 +16,9 @@ use celeriac_core::error::{BackendError, BrokerError};
 use celeriac_core::events::{EventStream, Events, WireEvent};
 use celeriac_core::state::TaskMeta;
 use celeriac_sqlite::SqliteStore;
-use celeriac_testkit::{backend_suite, broker_suite, FactoryOptions, Instance, Outcome, Skip};
+use celeriac_testkit::{
+    backend_suite, beat_suite, broker_suite, FactoryOptions, Instance, Outcome, Skip,
+};
 use chrono::SubsecRound;
 use serde_json::Value;
 
@@ -32,6 +36,13 @@ enum Fault {
     ChordCountsCopies,
     ChordClaimIgnored,
     ChordUnordered,
+    BeatTwoHolders,
+    BeatNeverLapses,
+    BeatSameTokenOnTakeover,
+    BeatTokenPerHolder,
+    BeatIgnoresToken,
+    BeatReleaseIgnored,
+    BeatSecondPrecision,
     NoCapabilities,
 }
 
@@ -39,6 +50,8 @@ enum Fault {
 struct Faulty {
     inner: Arc<SqliteStore>,
     fault: Fault,
+    /// The first token each (schedule, holder) got, for `BeatTokenPerHolder`.
+    first_tokens: Mutex<HashMap<(String, String), u64>>,
 }
 
 struct FaultyConsumer {
@@ -78,6 +91,9 @@ impl Broker for Faulty {
         (self.fault != Fault::NoCapabilities).then_some(self)
     }
     fn events(&self) -> Option<&dyn Events> {
+        (self.fault != Fault::NoCapabilities).then_some(self)
+    }
+    fn beat_store(&self) -> Option<&dyn BeatStore> {
         (self.fault != Fault::NoCapabilities).then_some(self)
     }
 }
@@ -121,6 +137,75 @@ impl Events for Faulty {
     }
     async fn receive_events(&self) -> Result<Box<dyn EventStream>, BrokerError> {
         self.inner.receive_events().await
+    }
+}
+
+/// Each beat fault breaks one rule of the `BeatStore` contract.
+#[async_trait]
+impl BeatStore for Faulty {
+    async fn acquire_lease(
+        &self,
+        schedule: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<Option<u64>, BrokerError> {
+        let ttl = match self.fault {
+            Fault::BeatNeverLapses => Duration::from_secs(3600),
+            _ => ttl,
+        };
+        let got = self.inner.acquire_lease(schedule, holder, ttl).await?;
+        Ok(match (self.fault, got) {
+            // Answers as if it held a lease someone else holds.
+            (Fault::BeatTwoHolders, None) => {
+                self.inner.lease_holder(schedule).await?.map(|h| h.token)
+            }
+            // Every holder gets the first token.
+            (Fault::BeatSameTokenOnTakeover, Some(_)) => Some(1),
+            // A holder taking its lapsed lease back gets the token it had before.
+            (Fault::BeatTokenPerHolder, Some(t)) => {
+                let mut first = self.first_tokens.lock().unwrap();
+                let key = (schedule.to_string(), holder.to_string());
+                Some(*first.entry(key).or_insert(t))
+            }
+            (_, got) => got,
+        })
+    }
+    async fn release_lease(
+        &self,
+        schedule: &str,
+        holder: &str,
+        token: u64,
+    ) -> Result<(), BrokerError> {
+        if self.fault == Fault::BeatReleaseIgnored {
+            return Ok(());
+        }
+        self.inner.release_lease(schedule, holder, token).await
+    }
+    async fn lease_holder(&self, schedule: &str) -> Result<Option<LeaseHolder>, BrokerError> {
+        self.inner.lease_holder(schedule).await
+    }
+    async fn last_runs(&self, schedule: &str) -> Result<Vec<LastRun>, BrokerError> {
+        let mut runs = self.inner.last_runs(schedule).await?;
+        if self.fault == Fault::BeatSecondPrecision {
+            runs.iter_mut().for_each(|r| r.at = r.at.trunc_subsecs(0));
+        }
+        Ok(runs)
+    }
+    async fn record_runs(
+        &self,
+        schedule: &str,
+        holder: &str,
+        token: u64,
+        runs: &[LastRun],
+    ) -> Result<bool, BrokerError> {
+        let mut token = token;
+        if self.fault == Fault::BeatIgnoresToken {
+            // Writes under whatever token the holder has now, as if it never checked.
+            if let Some(h) = self.inner.lease_holder(schedule).await? {
+                token = if h.holder == holder { h.token } else { token };
+            }
+        }
+        self.inner.record_runs(schedule, holder, token, runs).await
     }
 }
 
@@ -283,6 +368,7 @@ fn faulty(
         Arc::new(Faulty {
             inner: SqliteStore::open(&path, options.clone()).unwrap(),
             fault,
+            first_tokens: Mutex::default(),
         })
     };
     (dir, open)
@@ -324,6 +410,25 @@ async fn backend_outcome(fault: Fault, case: &str) -> Outcome {
         .find(|c| c.name == case)
         .unwrap();
     case.run("backend", &factory).await
+}
+
+async fn beat_outcome(fault: Fault, case: &str) -> Outcome {
+    let factory = move |opts: FactoryOptions| async move {
+        let (dir, open) = faulty(fault, &opts);
+        let first: Arc<dyn Broker> = open();
+        Ok::<_, Skip>(
+            Instance::new(first, move || {
+                let again: Arc<dyn Broker> = open();
+                std::future::ready(again)
+            })
+            .keep(dir),
+        )
+    };
+    let case = beat_suite::cases()
+        .into_iter()
+        .find(|c| c.name == case)
+        .unwrap();
+    case.run("beat", &beat_suite::OnBroker(factory)).await
 }
 
 fn assert_failed(outcome: Outcome, fault: Fault) {
@@ -408,5 +513,41 @@ async fn missing_capabilities_are_skipped() {
     assert!(
         matches!(&purge, Outcome::Skipped(why) if why.contains("Purge")),
         "{purge:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beat_faults_are_caught() {
+    for (fault, case) in [
+        (Fault::BeatTwoHolders, "one_holder_at_a_time"),
+        (
+            Fault::BeatNeverLapses,
+            "lapsed_lease_passes_with_a_larger_token",
+        ),
+        (Fault::BeatNeverLapses, "renew_keeps_token"),
+        (
+            Fault::BeatSameTokenOnTakeover,
+            "lapsed_lease_passes_with_a_larger_token",
+        ),
+        (Fault::BeatSameTokenOnTakeover, "release_frees_at_once"),
+        (
+            Fault::BeatTokenPerHolder,
+            "lapsed_lease_passes_with_a_larger_token",
+        ),
+        (Fault::BeatIgnoresToken, "stale_token_writes_nothing"),
+        (Fault::BeatReleaseIgnored, "release_frees_at_once"),
+        (Fault::BeatSecondPrecision, "last_runs_round_trip"),
+    ] {
+        assert_failed(beat_outcome(fault, case).await, fault);
+    }
+    // The healthy parts of a faulty store still pass.
+    assert_eq!(
+        beat_outcome(Fault::BeatSecondPrecision, "one_holder_at_a_time").await,
+        Outcome::Passed
+    );
+    let none = beat_outcome(Fault::NoCapabilities, "one_holder_at_a_time").await;
+    assert!(
+        matches!(&none, Outcome::Skipped(why) if why.contains("BeatStore")),
+        "{none:?}"
     );
 }

@@ -1,7 +1,8 @@
-//! Both conformance suites against the Redis engine, on the server named by
+//! Every conformance suite against the Redis engine, on the server named by
 //! `CELERIAC_TEST_REDIS_URL` (e.g. `redis://127.0.0.1:6379/15`); every case is skipped, with
 //! the reason printed, when it is unset. Each case gets its own `global_keyprefix`
-//! (`t-<uuid>:`); a second instance opens the same URL again.
+//! (`t-<uuid>:`); a second instance opens the same URL again. The beat suite runs on the
+//! broker's `beat_store()` and on the backend's.
 
 use std::sync::Arc;
 
@@ -62,3 +63,8 @@ async fn redis_backend(opts: FactoryOptions) -> Result<Instance<dyn ResultBacken
 
 celeriac_testkit::broker_tests!(redis_broker);
 celeriac_testkit::backend_tests!(redis_backend);
+celeriac_testkit::beat_tests!(celeriac_testkit::beat_suite::OnBroker(redis_broker));
+celeriac_testkit::beat_tests!(
+    celeriac_testkit::beat_suite::OnBackend(redis_backend),
+    beat_conformance_backend
+);

@@ -1,5 +1,6 @@
-//! Both conformance suites against the embedded SQLite engine: a temp file per case; the
-//! second instance opens the same file again (what another process does).
+//! Every conformance suite against the embedded SQLite engine: a temp file per case; the
+//! second instance opens the same file again (what another process does). The beat suite
+//! runs on the broker's `beat_store()` and on the backend's.
 
 use std::sync::Arc;
 
@@ -47,3 +48,8 @@ async fn sqlite_backend(opts: FactoryOptions) -> Result<Instance<dyn ResultBacke
 
 celeriac_testkit::broker_tests!(sqlite_broker);
 celeriac_testkit::backend_tests!(sqlite_backend);
+celeriac_testkit::beat_tests!(celeriac_testkit::beat_suite::OnBroker(sqlite_broker));
+celeriac_testkit::beat_tests!(
+    celeriac_testkit::beat_suite::OnBackend(sqlite_backend),
+    beat_conformance_backend
+);

@@ -21,6 +21,7 @@ use redis::aio::{ConnectionManager, PubSubSink, PubSubStream};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::beat::RedisBeatStore;
 use crate::url::{connect, RedisUrl};
 
 mod chord;
@@ -112,6 +113,8 @@ pub struct RedisBackend {
     part_script: redis::Script,
     cleanup_script: redis::Script,
     hub: Arc<Hub>,
+    /// Beat's lease and last runs, on the command connection.
+    beat: RedisBeatStore,
 }
 
 impl std::fmt::Debug for RedisBackend {
@@ -140,6 +143,7 @@ impl RedisBackend {
             })?;
         let display = parsed.display();
         Ok(Arc::new(RedisBackend {
+            beat: RedisBeatStore::on_backend(&parsed, conn.clone()),
             keys: BackendKeys::new(&parsed.global_keyprefix),
             conn,
             store_script: redis::Script::new(keys::STORE_RESULT),
@@ -222,6 +226,12 @@ impl ResultBackend for RedisBackend {
 
     fn chords(&self) -> Option<&dyn celeriac_core::backend::ChordJoin> {
         Some(self)
+    }
+
+    /// Keyed as the broker's (see `keys.rs`), so a Redis broker and backend on one server
+    /// share the lease.
+    fn beat_store(&self) -> Option<&dyn celeriac_core::beat::BeatStore> {
+        Some(&self.beat)
     }
 
     async fn store(&self, meta: &TaskMeta, expires: Option<Duration>) -> Result<(), BackendError> {
