@@ -28,3 +28,45 @@ pub struct EntryOptions {
     /// Seconds after the send past which the task is not run (REVOKED `expired`).
     pub expires: Option<f64>,
 }
+
+impl Entry {
+    /// An entry with no arguments and default options: `Entry::new("tick", "tasks.tick",
+    /// Schedule::every("10s")?)`.
+    pub fn new(name: impl Into<String>, task: impl Into<String>, schedule: Schedule) -> Entry {
+        Entry {
+            name: name.into(),
+            task: task.into(),
+            args: Vec::new(),
+            kwargs: Map::new(),
+            options: EntryOptions::default(),
+            schedule,
+        }
+    }
+
+    pub fn args(mut self, args: Vec<Value>) -> Entry {
+        self.args = args;
+        self
+    }
+
+    pub fn kwargs(mut self, kwargs: Map<String, Value>) -> Entry {
+        self.kwargs = kwargs;
+        self
+    }
+
+    pub fn queue(mut self, queue: impl Into<String>) -> Entry {
+        self.options.queue = Some(queue.into());
+        self
+    }
+
+    /// 0..=9, 9 most urgent (larger values are taken as 9).
+    pub fn priority(mut self, priority: u8) -> Entry {
+        self.options.priority = Some(priority.min(9));
+        self
+    }
+
+    /// Each tick expires this many seconds after it is sent.
+    pub fn expires(mut self, seconds: f64) -> Entry {
+        self.options.expires = Some(seconds);
+        self
+    }
+}

@@ -58,6 +58,16 @@ pub enum Schedule {
 }
 
 impl Schedule {
+    /// An interval from its text: `"30s"`, `"1h30m"`, `"2.5"` (seconds).
+    pub fn every(text: &str) -> Result<Schedule, IntervalError> {
+        text.parse::<Interval>().map(Schedule::Interval)
+    }
+
+    /// A crontab from its five-field string, `"*/15 9-17 * * mon-fri"`.
+    pub fn cron(text: &str) -> Result<Schedule, CrontabError> {
+        text.parse::<Crontab>().map(Schedule::Crontab)
+    }
+
     /// When the entry is next due, given its last run, the time now and the app's time
     /// zone. Never before `now`: a due time that passed while beat was not looking means
     /// due at once, and once only (Celery runs a missed entry once, not once per missed

@@ -86,9 +86,48 @@ pub(crate) enum Command {
     Status(StatusArgs),
     /// Watch the events workers send (start them with -E for task events).
     Events(EventsArgs),
-    /// Periodic tasks: check a schedule file, list its entries and their next runs.
+    /// Periodic tasks: run beat (the app's schedule or --schedule FILE), or check a
+    /// schedule file, list its entries and their next runs.
+    Beat(BeatArgs),
+}
+
+#[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
+pub(crate) struct BeatArgs {
     #[command(subcommand)]
-    Beat(BeatCommand),
+    pub command: Option<BeatCommand>,
+    #[command(flatten)]
+    pub run: BeatRunArgs,
+}
+
+/// How `beat` (with no verb) runs: any number of copies may run; one sends.
+#[derive(Args, Debug, Clone)]
+pub(crate) struct BeatRunArgs {
+    /// Schedule file (TOML, `docs/beat.md`); default: the schedule in the app's code.
+    /// Edits are picked up while beat runs.
+    #[arg(short = 's', long, value_name = "FILE")]
+    pub schedule: Option<PathBuf>,
+    /// Seconds the leader lease lasts unless renewed: a dead leader is replaced within this
+    /// plus a second.
+    #[arg(long = "lease-ttl", value_name = "SECONDS", default_value_t = 10.0)]
+    pub lease_ttl: f64,
+    /// The longest beat sleeps between looks at its schedule (Celery's
+    /// beat_max_loop_interval).
+    #[arg(long = "max-interval", value_name = "SECONDS", default_value_t = 300.0)]
+    pub max_interval: f64,
+    /// Drop a tick that fell due while no beat ran (default: send it once on start).
+    #[arg(long = "skip-missed")]
+    pub skip_missed: bool,
+    /// Beats with the same name on one broker share one schedule and one lease.
+    #[arg(
+        long = "schedule-name",
+        value_name = "NAME",
+        default_value = "celeriac.beat"
+    )]
+    pub schedule_name: String,
+    /// This beat's name in the lease and in logs (default beat@HOST:PID).
+    #[arg(short = 'n', long)]
+    pub hostname: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -156,6 +195,13 @@ pub(crate) struct WorkerArgs {
     /// Run in the background, off the terminal (logs go to --logfile).
     #[arg(short = 'D', long)]
     pub detach: bool,
+    /// Also run beat in this process, under the same leader lease as every other beat
+    /// (Celery's -B; safe on every worker).
+    #[arg(short = 'B', long)]
+    pub beat: bool,
+    /// The schedule file of the embedded beat (default: the schedule in the app's code).
+    #[arg(long = "beat-schedule", value_name = "FILE", requires = "beat")]
+    pub beat_schedule: Option<PathBuf>,
 }
 
 /// How the worker runs task bodies: pool, limits, recycling, autoscale (`docs/pools.md`).

@@ -171,7 +171,7 @@ async fn execute(
         Command::Control(args) => remote::control(&app, args).await,
         Command::Status(args) => remote::status(&app, args).await,
         Command::Events(args) => events::watch(&app, args).await,
-        Command::Beat(command) => beat::execute(command),
+        Command::Beat(args) => beat::execute(&app, args).await,
         Command::Multi(_) => {
             unreachable!("multi runs before the runtime starts (see `run_command_line`)")
         }

@@ -19,11 +19,20 @@ pub(crate) async fn run(app: &App, args: WorkerArgs, loglevel: Option<&str>) -> 
     // shutdown from then on (received while starting, it is acted on once the worker runs).
     let signals = listen_for_signals();
     let _pidlock = crate::pidfile::lock_for_worker(args.pidfile.as_deref(), &config.hostname)?;
+    let node = config.hostname.clone();
     let worker = app.worker(config).await.map_err(|e| e.to_string())?;
     println!("{}", worker.banner(app.name()));
+    let beat = match args.beat {
+        true => Some(crate::beat::embedded(app, args.beat_schedule.as_deref(), &node).await?),
+        false => None,
+    };
     let shutdown = worker.shutdown_handle();
     tokio::spawn(forward_signals(signals, shutdown));
-    worker.run().await.map_err(|e| e.to_string())
+    let outcome = worker.run().await.map_err(|e| e.to_string());
+    if let Some(beat) = beat {
+        beat.stop().await;
+    }
+    outcome
 }
 
 /// The app's worker settings with the command line's flags over them.

@@ -25,6 +25,7 @@ struct AppInner {
     config: Config,
     registry: Arc<Registry>,
     hooks: Arc<Hooks>,
+    beat_schedule: Vec<celeriac_beat::Entry>,
     connections: OnceCell<Connections>,
     oid: String,
 }
@@ -57,6 +58,7 @@ pub struct AppBuilder {
     config: Config,
     registry: Registry,
     hooks: Hooks,
+    beat_schedule: Vec<celeriac_beat::Entry>,
 }
 
 impl AppBuilder {
@@ -113,6 +115,12 @@ impl AppBuilder {
         self
     }
 
+    /// Adds a periodic task to the app's beat schedule (`my-app beat`, `worker -B`).
+    pub fn beat(mut self, entry: celeriac_beat::Entry) -> Self {
+        self.beat_schedule.push(entry);
+        self
+    }
+
     pub fn build(self) -> App {
         App {
             inner: Arc::new(AppInner {
@@ -120,6 +128,7 @@ impl AppBuilder {
                 config: self.config,
                 registry: Arc::new(self.registry.with_builtins()),
                 hooks: Arc::new(self.hooks),
+                beat_schedule: self.beat_schedule,
                 connections: OnceCell::new(),
                 oid: celeriac_core::message::new_id(),
             }),
@@ -134,6 +143,7 @@ impl App {
             config: Config::default(),
             registry: Registry::new(),
             hooks: Hooks::default(),
+            beat_schedule: Vec::new(),
         }
     }
 
@@ -147,6 +157,11 @@ impl App {
 
     pub fn registry(&self) -> &Arc<Registry> {
         &self.inner.registry
+    }
+
+    /// The entries given to [`AppBuilder::beat`].
+    pub fn beat_schedule(&self) -> &[celeriac_beat::Entry] {
+        &self.inner.beat_schedule
     }
 
     /// The app's id, sent as `reply_to` like Celery's app `oid`.
@@ -164,6 +179,7 @@ impl App {
                 config,
                 registry: self.inner.registry.clone(),
                 hooks: self.inner.hooks.clone(),
+                beat_schedule: self.inner.beat_schedule.clone(),
                 connections: OnceCell::new(),
                 // A new id: two apps listening on one rpc:// reply queue would split its
                 // results between them.

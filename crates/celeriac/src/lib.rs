@@ -31,6 +31,7 @@
 //! feature it needs.
 
 mod app;
+pub mod beat;
 pub mod canvas;
 mod client;
 mod config;

@@ -1,14 +1,24 @@
-//! `beat check FILE` and `beat list FILE`: a schedule file validated, or its entries with
-//! their next runs (in the file's time zone and in UTC). Neither needs a broker.
+//! `beat` runs the scheduler ([`run`]); `beat check FILE` and `beat list FILE` validate a
+//! schedule file or list its entries with their next runs (in the file's time zone and in
+//! UTC), without a broker.
+
+mod run;
+
+pub(crate) use run::{embedded, run};
 
 use std::path::Path;
 
 use celeriac_beat::ScheduleFile;
 use chrono::Utc;
 
-use crate::args::BeatCommand;
+use celeriac::App;
 
-pub(crate) fn execute(command: BeatCommand) -> Result<(), String> {
+use crate::args::{BeatArgs, BeatCommand};
+
+pub(crate) async fn execute(app: &App, args: BeatArgs) -> Result<(), String> {
+    let Some(command) = args.command else {
+        return run(app, args.run).await;
+    };
     match command {
         BeatCommand::Check { file } => {
             let schedule = read(&file)?;
@@ -28,7 +38,7 @@ pub(crate) fn execute(command: BeatCommand) -> Result<(), String> {
     }
 }
 
-fn read(path: &Path) -> Result<ScheduleFile, String> {
+pub(crate) fn read(path: &Path) -> Result<ScheduleFile, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     text.parse().map_err(|e| format!("{}: {e}", path.display()))
