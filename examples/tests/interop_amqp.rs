@@ -89,11 +89,13 @@ async fn python_client_to_celeriac_worker_on_rabbitmq() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn celeriac_client_to_python_worker_on_rabbitmq() {
+async fn celeriac_client_and_beat_to_python_worker_on_rabbitmq() {
     let Some((e, _vhost)) = env(7, "rust-to-py") else {
         return;
     };
     celeriac_calls_python_worker(&e).await;
+    // The lease lives in the Redis result backend: RabbitMQ keeps no state for it.
+    common::beat::celeriac_beat_drives_a_python_worker(&e);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -68,11 +68,12 @@ async fn canvases_cross_between_python_and_celeriac_workers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn celeriac_client_to_python_worker() {
-    let Some(e) = env(12, "celeriac_client_to_python_worker") else {
+async fn celeriac_client_and_beat_to_python_worker() {
+    let Some(e) = env(12, "celeriac_client_and_beat_to_python_worker") else {
         return;
     };
     celeriac_calls_python_worker(&e).await;
+    common::beat::celeriac_beat_drives_a_python_worker(&e);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,6 +13,7 @@ use celeriac::serde_json::{self, json, Value};
 use celeriac::ResultError;
 use celeriac_demo::{add, fail, flaky};
 
+pub mod beat;
 pub mod canvas;
 pub mod control;
 
