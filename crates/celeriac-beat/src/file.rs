@@ -66,38 +66,86 @@ impl std::str::FromStr for ScheduleFile {
     type Err = FileError;
 
     fn from_str(text: &str) -> Result<Self, FileError> {
-        let table: Table = text
-            .parse()
-            .map_err(|e: toml::de::Error| err(format!("not TOML: {}", e.message())))?;
-        if let Some(key) = table.keys().find(|k| !TOP_LEVEL.contains(&k.as_str())) {
-            return Err(err(format!(
-                "unknown key {key:?} (expected timezone and [[entry]] tables)"
-            )));
-        }
-        let timezone = match table.get("timezone") {
-            None => Tz::UTC,
-            Some(toml::Value::String(name)) => name
-                .parse()
-                .map_err(|_| err(format!("timezone: unknown time zone {name:?}")))?,
-            Some(other) => {
-                return Err(err(format!(
-                    "timezone: expected a name, got {}",
-                    shown(other)
-                )))
-            }
-        };
-        let entries = match table.get("entry") {
-            None => Vec::new(),
-            Some(toml::Value::Array(items)) => items
-                .iter()
-                .enumerate()
-                .map(|(i, item)| entry(i + 1, item))
-                .collect::<Result<_, _>>()?,
-            Some(_) => return Err(err("entry: expected [[entry]] tables")),
-        };
-        no_duplicates(&entries)?;
-        Ok(ScheduleFile { timezone, entries })
+        parse_by_entry(text).unwrap_or_else(|| parse_whole(text))
     }
+}
+
+fn not_toml(e: toml::de::Error) -> FileError {
+    err(format!("not TOML: {}", e.message()))
+}
+
+/// The file's top-level keys: only `timezone` (and the entries).
+fn top_level(table: &Table) -> Result<Tz, FileError> {
+    if let Some(key) = table.keys().find(|k| !TOP_LEVEL.contains(&k.as_str())) {
+        return Err(err(format!(
+            "unknown key {key:?} (expected timezone and [[entry]] tables)"
+        )));
+    }
+    match table.get("timezone") {
+        None => Ok(Tz::UTC),
+        Some(toml::Value::String(name)) => name
+            .parse()
+            .map_err(|_| err(format!("timezone: unknown time zone {name:?}"))),
+        Some(other) => Err(err(format!(
+            "timezone: expected a name, got {}",
+            shown(other)
+        ))),
+    }
+}
+
+fn parse_whole(text: &str) -> Result<ScheduleFile, FileError> {
+    let table: Table = text.parse().map_err(not_toml)?;
+    let timezone = top_level(&table)?;
+    let entries = match table.get("entry") {
+        None => Vec::new(),
+        Some(toml::Value::Array(items)) => items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| entry(i + 1, item))
+            .collect::<Result<_, _>>()?,
+        Some(_) => return Err(err("entry: expected [[entry]] tables")),
+    };
+    no_duplicates(&entries)?;
+    Ok(ScheduleFile { timezone, entries })
+}
+
+/// Parses one `[[entry]]` at a time: the TOML document tree of a whole file costs about
+/// 3 KiB per entry at its peak, so a schedule of 10,000 entries would need 30 MiB just to
+/// be read. `None` when the file does not split cleanly (a line starting `[[entry]]` inside
+/// a multi-line string, a TOML error, keys after the entries): the whole-file parse then
+/// gives the answer, and its errors.
+fn parse_by_entry(text: &str) -> Option<Result<ScheduleFile, FileError>> {
+    let mut starts: Vec<usize> = Vec::new();
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        if line.trim_start().starts_with("[[entry]]") {
+            starts.push(offset);
+        }
+        offset += line.len();
+    }
+    let head_end = starts.first().copied().unwrap_or(text.len());
+    let head: Table = text[..head_end].parse().ok()?;
+    if head.contains_key("entry") {
+        return None;
+    }
+    let timezone = match top_level(&head) {
+        Ok(tz) => tz,
+        Err(e) => return Some(Err(e)),
+    };
+    let mut entries = Vec::with_capacity(starts.len());
+    for (i, &from) in starts.iter().enumerate() {
+        let to = starts.get(i + 1).copied().unwrap_or(text.len());
+        let chunk: Table = text[from..to].parse().ok()?;
+        let items = chunk.get("entry")?.as_array()?;
+        if chunk.len() != 1 || items.len() != 1 {
+            return None;
+        }
+        match entry(i + 1, &items[0]) {
+            Ok(e) => entries.push(e),
+            Err(e) => return Some(Err(e)),
+        }
+    }
+    Some(no_duplicates(&entries).map(|()| ScheduleFile { timezone, entries }))
 }
 
 fn no_duplicates(entries: &[Entry]) -> Result<(), FileError> {
@@ -263,6 +311,40 @@ mod tests {
 
     fn parse(text: &str) -> Result<ScheduleFile, String> {
         text.parse::<ScheduleFile>().map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn reading_entry_by_entry_agrees_with_the_whole_file() {
+        let text = r#"
+timezone = "Asia/Kolkata"
+
+[[entry]]  # the first
+name = "a"
+task = "t.a"
+every = "5m"
+kwargs = { note = """
+[[entry]]
+not an entry""" }
+
+[[entry]]
+name = "b"
+task = "t.b"
+cron = "*/5 9-17 * * mon-fri"
+[entry.kwargs]
+x = 1
+"#;
+        // The string holding `[[entry]]` makes a chunk that is not TOML alone.
+        assert!(parse_by_entry(text).is_none());
+        let whole = parse_whole(text).unwrap();
+        assert_eq!(text.parse::<ScheduleFile>().unwrap(), whole);
+        assert_eq!(whole.entries.len(), 2);
+        let clean = text.replace("\n[[entry]]\nnot an entry", "not an entry");
+        let by_entry = parse_by_entry(&clean).unwrap().unwrap();
+        assert_eq!(by_entry, parse_whole(&clean).unwrap());
+        assert_eq!(by_entry.entries[1].kwargs["x"], 1);
+        let after = format!("{clean}\n[extra]\nkey = 1\n");
+        assert!(parse_by_entry(&after).is_none());
+        assert!(parse(&after).unwrap_err().contains("unknown key \"extra\""));
     }
 
     #[test]

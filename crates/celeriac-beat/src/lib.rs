@@ -48,7 +48,9 @@ pub use entry::{Entry, EntryOptions};
 pub use field::{FieldError, FieldKind, FieldSet};
 pub use file::{FileError, ScheduleFile};
 pub use interval::{format_duration, parse_duration, Interval, IntervalError};
-pub use scheduler::{Beat, BeatConfig, BeatError, BeatHandle, Clock, Engines, Missed, SystemClock};
+pub use scheduler::{
+    schedule_text, Beat, BeatConfig, BeatError, BeatHandle, Clock, Engines, Missed, SystemClock,
+};
 
 /// A periodic task's schedule.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -11,8 +11,10 @@
 //! `--events`: the worker sends task events (`-E`); with `--monitor` the bench receives
 //! them while it drains, as a monitor such as Flower would. `--control-load N`: N idle
 //! workers answer remote control instead (`control_load.rs`). `--canvas`: a group, a chord
-//! and a chain instead (`canvas.rs`).
+//! and a chain instead (`canvas.rs`). `--beat`: a beat process with `-n` entries instead
+//! (`beat.rs`).
 
+mod beat;
 mod canvas;
 mod control_load;
 
@@ -117,14 +119,22 @@ struct Opts {
     /// With `--canvas`: the chain's length.
     #[arg(long = "chain-steps", default_value_t = 1_000)]
     chain_steps: usize,
+    /// Instead of the task phases: a beat process with `-n` entries, each every
+    /// `--beat-period` seconds, measured for `--beat-secs` seconds.
+    #[arg(long)]
+    beat: bool,
+    #[arg(long = "beat-period", default_value_t = 10)]
+    beat_period: u64,
+    #[arg(long = "beat-secs", default_value_t = 30)]
+    beat_secs: u64,
 }
 
 fn main() -> std::process::ExitCode {
-    if std::env::args().nth(1).as_deref() == Some("worker")
-        || celeriac::pool_child_index().is_some()
+    let verb = std::env::args().nth(1);
+    if matches!(verb.as_deref(), Some("worker" | "beat")) || celeriac::pool_child_index().is_some()
     {
-        // Child mode: the worker process (reads CELERIAC_BROKER_URL), or one of its
-        // process-pool children.
+        // Child mode: the worker or beat process (reads CELERIAC_BROKER_URL), or one of
+        // the worker's process-pool children.
         return celeriac_cli::run(app_tasks(App::builder("bench")).build());
     }
     let opts = Opts::parse();
@@ -188,6 +198,14 @@ async fn bench(opts: Opts) -> Result<(), Box<dyn std::error::Error>> {
         let measured = control_load::run(&app, &mut workers).await;
         workers.iter_mut().for_each(stop);
         return measured;
+    }
+    if opts.beat {
+        let bench = beat::BeatBench {
+            entries: opts.n,
+            period_secs: opts.beat_period.max(1),
+            run_secs: opts.beat_secs,
+        };
+        return beat::run(&app, &url, &backend, bench).await;
     }
     if opts.canvas {
         let mut worker = spawn_worker(&url, &backend, &opts, "bench@localhost", opts.concurrency)?;
@@ -386,12 +404,12 @@ async fn wait_drained(app: &App) -> Result<(), Box<dyn std::error::Error>> {
 }
 
 /// VmHWM (peak resident set) of a process, in KiB.
-fn peak_rss_kib(pid: u32) -> u64 {
+pub(crate) fn peak_rss_kib(pid: u32) -> u64 {
     status_kib(pid, "VmHWM:")
 }
 
 /// A `/proc/<pid>/status` field in KiB (0 when unreadable).
-fn status_kib(pid: u32, field: &str) -> u64 {
+pub(crate) fn status_kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {

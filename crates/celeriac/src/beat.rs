@@ -20,8 +20,8 @@
 use std::sync::Arc;
 
 pub use celeriac_beat::{
-    Beat, BeatConfig, BeatError, BeatHandle, Clock, Crontab, Engines, Entry, EntryOptions,
-    Interval, Missed, Schedule, ScheduleFile, SystemClock, Tz,
+    schedule_text, Beat, BeatConfig, BeatError, BeatHandle, Clock, Crontab, Engines, Entry,
+    EntryOptions, Interval, Missed, Schedule, ScheduleFile, SystemClock, Tz,
 };
 
 use crate::{App, Error};

@@ -3,6 +3,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
+use std::sync::Arc;
 
 use celeriac_core::beat::LastRun;
 use chrono::{DateTime, Utc};
@@ -21,14 +22,14 @@ pub enum Missed {
 
 /// The text a run is recorded under: the schedule and the zone it is read in, so that
 /// changing either starts the entry afresh and changing nothing else keeps its last run.
-pub(crate) fn schedule_text(entry: &Entry, tz: Tz) -> String {
+pub fn schedule_text(entry: &Entry, tz: Tz) -> String {
     format!("{} in {tz}", entry.schedule)
 }
 
 /// One entry's place in the schedule.
 #[derive(Clone, Debug)]
 pub(crate) struct Slot {
-    pub entry: Entry,
+    pub entry: Arc<Entry>,
     pub schedule: String,
     pub total_run_count: u64,
 }
@@ -44,7 +45,7 @@ pub(crate) struct DueQueue {
 impl DueQueue {
     /// Plans every entry from the recorded runs, as a new leader does.
     pub fn plan(
-        entries: &[Entry],
+        entries: &[Arc<Entry>],
         recorded: &[LastRun],
         tz: Tz,
         now: DateTime<Utc>,
@@ -133,7 +134,7 @@ impl DueQueue {
 
     /// Replaces the entries (a reloaded schedule file): an entry whose schedule is
     /// unchanged keeps its next due time and count; new and changed ones start afresh.
-    pub fn replace(&mut self, entries: &[Entry], tz: Tz, now: DateTime<Utc>) {
+    pub fn replace(&mut self, entries: &[Arc<Entry>], tz: Tz, now: DateTime<Utc>) {
         let mut kept: HashMap<String, (Slot, Option<DateTime<Utc>>)> = HashMap::new();
         let pending: HashMap<usize, DateTime<Utc>> = self
             .heap

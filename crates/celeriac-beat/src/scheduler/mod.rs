@@ -37,7 +37,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 pub use clock::{Clock, SystemClock};
-pub use due::Missed;
+pub use due::{schedule_text, Missed};
 
 use crate::{Entry, Tz};
 use due::DueQueue;
@@ -104,7 +104,7 @@ impl Engines {
 
 /// A beat ready to start.
 pub struct Beat {
-    entries: Vec<Entry>,
+    entries: Vec<Arc<Entry>>,
     engines: Engines,
     router: Arc<dyn Router>,
     clock: Arc<dyn Clock>,
@@ -132,7 +132,7 @@ impl Beat {
             });
         }
         Ok(Beat {
-            entries,
+            entries: entries.into_iter().map(Arc::new).collect(),
             engines,
             router,
             clock: Arc::new(SystemClock),
@@ -219,7 +219,8 @@ impl BeatHandle {
 }
 
 struct Runner {
-    entries: Vec<Entry>,
+    /// Shared with the planned queue: a large schedule is held once.
+    entries: Vec<Arc<Entry>>,
     engines: Engines,
     router: Arc<dyn Router>,
     clock: Arc<dyn Clock>,
@@ -344,6 +345,7 @@ impl Runner {
     }
 
     fn reload(&mut self, entries: Vec<Entry>) {
+        let entries: Vec<Arc<Entry>> = entries.into_iter().map(Arc::new).collect();
         let now = self.clock.now();
         if let Some(queue) = &mut self.queue {
             queue.replace(&entries, self.config.timezone, now);

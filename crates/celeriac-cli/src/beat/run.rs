@@ -30,7 +30,8 @@ pub(crate) async fn run(app: &App, args: BeatRunArgs) -> Result<(), String> {
     if let Some(tz) = source.timezone {
         config.timezone = tz;
     }
-    let running = start(app, source.entries.clone(), config, &source.describe()).await?;
+    let from = source.describe();
+    let running = start(app, std::mem::take(&mut source.entries), config, &from).await?;
     let stop = shutdown_signal();
     tokio::pin!(stop);
     loop {
