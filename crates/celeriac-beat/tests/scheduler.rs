@@ -161,6 +161,8 @@ struct RecordingBroker {
     store: Arc<MemoryStore>,
     sent: Mutex<Vec<Sent>>,
     refusing: AtomicBool,
+    /// False: a broker with no store of its own (RabbitMQ).
+    keeps_state: bool,
 }
 
 #[async_trait]
@@ -189,7 +191,8 @@ impl Broker for RecordingBroker {
         Err(BrokerError::new(ErrorKind::Unsupported, "beat only sends"))
     }
     fn beat_store(&self) -> Option<&dyn BeatStore> {
-        Some(self.store.as_ref())
+        self.keeps_state
+            .then_some(self.store.as_ref() as &dyn BeatStore)
     }
 }
 
@@ -208,6 +211,7 @@ impl Rig {
             store: store.clone(),
             sent: Mutex::default(),
             refusing: AtomicBool::new(false),
+            keeps_state: true,
         });
         Rig {
             clock,
@@ -449,4 +453,31 @@ async fn ticks_the_broker_refused_are_sent_when_it_recovers() {
     let recorded = rig.store.runs.lock().unwrap()["tick"].total_run_count;
     assert_eq!(recorded, times.len() as u64, "{times:?}");
     assert!(times.len() >= 4, "{times:?}");
+}
+
+#[tokio::test]
+async fn a_broker_without_a_store_and_no_backend_that_has_one_is_refused_by_name() {
+    let clock = TokioClock::new();
+    let broker = Arc::new(RecordingBroker {
+        clock: clock.clone(),
+        store: MemoryStore::new(clock),
+        sent: Mutex::default(),
+        refusing: AtomicBool::new(false),
+        keeps_state: false,
+    });
+    let engines = Engines {
+        broker,
+        backend: None,
+    };
+    let refused = Beat::new(
+        vec![entry("tick", "1s")],
+        engines,
+        Arc::new(FixedQueue("celery".into())),
+        BeatConfig::new("beat@a"),
+    );
+    let message = refused.err().expect("refused").to_string();
+    assert!(
+        message.contains("the broker memory:// has none and there is no result backend"),
+        "{message}"
+    );
 }

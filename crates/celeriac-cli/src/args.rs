@@ -33,6 +33,8 @@ pub(crate) struct GlobalArgs {
     pub loglevel: Option<String>,
 }
 
+// Parsed once per process: boxing the worker's flags would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub(crate) enum Command {
     /// Start a worker consuming the given queues.
