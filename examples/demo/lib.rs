@@ -144,9 +144,16 @@ fn resident_mb() -> u64 {
     pages * 4096 / (1 << 20)
 }
 
-/// The demo app with every demo task registered.
+/// The demo app with every demo task registered, and one periodic task in code for
+/// `demo beat` / `demo worker -B` (on its own queue, so other workers never see it).
 pub fn app() -> App {
+    let heartbeat = celeriac::beat::Schedule::every("1s").expect("a valid interval");
     App::builder("demo")
+        .beat(
+            celeriac::beat::Entry::new("demo-heartbeat", "tasks.add", heartbeat)
+                .args(vec![20.into(), 22.into()])
+                .queue("demo-beat"),
+        )
         .task::<add>()
         .task::<mul>()
         .task::<noop>()

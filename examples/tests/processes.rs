@@ -72,6 +72,10 @@ impl WorkerProcess {
         }
     }
 
+    fn lines(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
     fn signal(&self, sig: i32) {
         let rc = unsafe { libc::kill(self.child.id() as i32, sig) };
         assert_eq!(rc, 0, "kill({sig}) failed");
@@ -590,4 +594,59 @@ async fn cli_inspects_and_controls_workers_in_other_processes() {
     let (status, _) = w2.wait_exit();
     assert!(status.success());
     drop(w1.stop());
+}
+
+/// `demo worker -B`: the app's schedule in code, sent by the beat inside the worker, run by
+/// that worker; a second `-B` worker on the same store waits under the lease, so each tick
+/// runs once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_with_embedded_beat_share_one_lease_and_run_the_code_schedule() {
+    let s = store("");
+    let a = spawn_worker(&s, "beat-a", &["-B", "-Q", "demo-beat"]);
+    let b = spawn_worker(&s, "beat-b", &["-B", "-Q", "demo-beat"]);
+    let deadline = Instant::now() + WAIT;
+    while successes(&[a.lines(), b.lines()], "tasks.add[") < 4 {
+        assert!(Instant::now() < deadline, "{:#?}", [a.lines(), b.lines()]);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let logs = [a.stop(), b.stop()];
+    let leaders = logs
+        .iter()
+        .filter(|log| log.iter().any(|l| l.contains(" leads schedule ")))
+        .count();
+    assert_eq!(leaders, 1, "{logs:#?}");
+    assert!(
+        logs.iter()
+            .flatten()
+            .any(|l| l.contains("succeeded") && l.contains("s: 42")),
+        "{logs:#?}"
+    );
+}
+
+/// `demo beat`: the schedule in code, sent by a beat process of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_app_binary_runs_its_code_schedule_as_a_beat_process() {
+    let s = store("");
+    let mut beat = Command::new(DEMO)
+        .args(["beat", "-l", "info"])
+        .env("CELERIAC_BROKER_URL", &s.url)
+        .current_dir(s.dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("demo beat starts");
+    let app = producer(&s);
+    let broker = app.broker().await.unwrap();
+    let stats = broker.queue_stats().unwrap();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let lengths = stats.queue_lengths(&["demo-beat".into()]).await.unwrap();
+        if lengths.iter().map(|l| l.ready).sum::<u64>() >= 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no ticks from demo beat");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    unsafe { libc::kill(beat.id() as i32, libc::SIGTERM) };
+    assert!(beat.wait().unwrap().success());
 }
