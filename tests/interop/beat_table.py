@@ -17,11 +17,16 @@ Which Celery call gives "the next run after an instant", and why:
 * interval: ``schedule.remaining_estimate(last_run_at)`` the same way, with
   ``last_run_at`` in the app's zone as beat keeps it (``app.now()``), because ``relative``
   rounds on that zone's wall clock.
+* solar: ``solar(event, lat, lon).remaining_estimate(last_run_at)`` the same way (it
+  computes with :mod:`ephem`, which must be installed), with an app in UTC and a
+  ``nowfun`` fixed at ``last_run_at``: ``remaining_estimate`` returns ``next - now``, so
+  ``last_run_at`` plus it is the next event, as for crontab. ``solar.is_due`` is built on
+  the same call.
 * fields: the sets ``crontab(**{field: spec})`` expands a spec to (``crontab_parser`` plus
   ``_expand_cronspec``'s range check), or that it raises.
 
 Output: {"celery": version, "crontab": rows, "chains": runs, "interval": rows,
-"fields": rows}; instants are ISO 8601 in UTC.
+"solar": rows, "fields": rows}; instants are ISO 8601 in UTC.
 """
 
 import json
@@ -29,7 +34,7 @@ from datetime import datetime, timedelta, timezone
 
 import celery
 from celery import Celery
-from celery.schedules import crontab, schedule
+from celery.schedules import crontab, schedule, solar
 
 UTC = timezone.utc
 STOCKHOLM = "Europe/Stockholm"
@@ -138,6 +143,29 @@ INTERVAL_INSTANTS = [
     (datetime(2025, 4, 5, 14, 45, tzinfo=UTC), LORD_HOWE),
 ]
 
+SOLAR_EVENTS = [
+    "dawn_astronomical", "dawn_nautical", "dawn_civil", "sunrise", "solar_noon", "sunset",
+    "dusk_civil", "dusk_nautical", "dusk_astronomical",
+]
+# (lat, lon): Reykjavik has no astronomical or nautical night around midsummer, nor
+# civil night near the solstice, which sends Celery's search on to later days.
+SOLAR_PLACES = [
+    (59.33, 18.07),  # Stockholm
+    (40.71, -74.0),  # New York
+    (-33.87, 151.21),  # Sydney
+    (-0.18, -78.47),  # Quito
+    (64.15, -21.94),  # Reykjavik
+]
+SOLAR_INSTANTS = [
+    datetime(2025, 3, 20, 9, 1, tzinfo=UTC),  # the March equinox
+    datetime(2025, 3, 30, 0, 30, tzinfo=UTC),  # Stockholm's spring-forward night
+    datetime(2025, 6, 21, 2, 42, tzinfo=UTC),  # the June solstice
+    datetime(2025, 9, 22, 18, 19, tzinfo=UTC),  # the September equinox
+    datetime(2025, 11, 2, 6, 0, tzinfo=UTC),  # New York's fall-back hour
+    datetime(2025, 12, 21, 15, 3, tzinfo=UTC),  # the December solstice
+    datetime(2026, 2, 14, 11, 37, 12, 250000, tzinfo=UTC),
+]
+
 FIELD_SPECS = [
     ("minute", "*/15"),
     ("minute", "1,13,30-45,50-59/2"),
@@ -233,6 +261,19 @@ def interval_next(seconds, relative, zone, last_run):
     return last_run + s.remaining_estimate(local)
 
 
+def solar_next(event, lat, lon, last_run):
+    s = solar(event, lat, lon, app=app_in("UTC"), nowfun=lambda: last_run)
+    return last_run + s.remaining_estimate(last_run)
+
+
+def solar_rows():
+    return [
+        {"event": event, "lat": lat, "lon": lon, "after": iso(t),
+         "next": iso(solar_next(event, lat, lon, t))}
+        for event in SOLAR_EVENTS for lat, lon in SOLAR_PLACES for t in SOLAR_INSTANTS
+    ]
+
+
 def entry_json(entry):
     if isinstance(entry, str):
         return {"cron": entry}
@@ -288,5 +329,6 @@ if __name__ == "__main__":
         "crontab": crontab_rows(),
         "chains": chain_rows(),
         "interval": interval_rows(),
+        "solar": solar_rows(),
         "fields": field_rows(),
     }, indent=1))

@@ -9,20 +9,26 @@
 //! task = "pytasks.record"
 //! args = ["tick"]                 # optional; so are kwargs = { ... }
 //! every = "1s"                    # or: cron = "*/5 * * * *"
+//!                                 # or: solar = { event = "sunrise", lat = 59.3, lon = 18.1 }
 //! relative = false                # optional, with `every` (Celery's `relative`)
 //! queue = "py"                    # optional: queue, routing_key, priority, expires (s)
 //! ```
 //!
+//! `solar` is Celery's `solar(event, lat, lon)`: `event` one of dawn_astronomical,
+//! dawn_nautical, dawn_civil, sunrise, solar_noon, sunset, dusk_civil, dusk_nautical,
+//! dusk_astronomical; `lat` and `lon` in degrees north and east (see [`crate::solar`]).
+//!
 //! Every mistake is one line naming the entry and the field: `entry "tick": cron: hour: 25
-//! is out of range 0-23`, `entry 2: name is missing`, `duplicate entry name "tick"
-//! (entries 1 and 3)`, `timezone: unknown time zone "Mars/Olympus"`.
+//! is out of range 0-23`, `entry "dawn": solar: lat: 95 is out of range -90..90`,
+//! `entry 2: name is missing`, `duplicate entry name "tick" (entries 1 and 3)`,
+//! `timezone: unknown time zone "Mars/Olympus"`.
 
 use std::collections::HashMap;
 
 use serde_json::{Map, Value};
 use toml::Table;
 
-use crate::{Crontab, Entry, EntryOptions, Interval, Schedule, Tz};
+use crate::{Crontab, Entry, EntryOptions, Interval, Schedule, Solar, Tz};
 
 /// A parsed schedule file.
 #[derive(Clone, Debug, PartialEq)]
@@ -262,10 +268,12 @@ fn schedule(fields: &Fields<'_>) -> Result<Schedule, FileError> {
             let crontab: Crontab = text.parse().map_err(|e| fields.err("cron", e))?;
             Ok(Schedule::Crontab(crontab))
         }
-        ["solar"] => Err(fields.err(
-            "solar",
-            "solar schedules are not supported yet (use every or cron)",
-        )),
+        ["solar"] => {
+            if relative {
+                return Err(fields.err("relative", "applies to `every` only"));
+            }
+            solar(fields).map(Schedule::Solar)
+        }
         [] => Err(err(format!(
             "{}: give one of every, cron or solar",
             fields.label
@@ -276,6 +284,47 @@ fn schedule(fields: &Fields<'_>) -> Result<Schedule, FileError> {
             several.join(" and ")
         ))),
     }
+}
+
+/// `solar = { event = "sunrise", lat = 59.3, lon = 18.1 }`, all three keys required.
+fn solar(fields: &Fields<'_>) -> Result<Solar, FileError> {
+    const KEYS: [&str; 3] = ["event", "lat", "lon"];
+    let wrong = |what: String| fields.err("solar", what);
+    let table = match fields.table.get("solar") {
+        Some(toml::Value::Table(table)) => table,
+        other => {
+            let got = other.map(shown).unwrap_or_default();
+            return Err(wrong(format!(
+                "expected a table {{ event = \"sunrise\", lat = 59.3, lon = 18.1 }}, got {got}"
+            )));
+        }
+    };
+    if let Some(key) = table.keys().find(|k| !KEYS.contains(&k.as_str())) {
+        return Err(wrong(format!(
+            "{key}: unknown field (expected event, lat and lon)"
+        )));
+    }
+    let degrees = |key: &str| match table.get(key) {
+        None => Err(wrong(format!("{key}: is missing"))),
+        Some(toml::Value::Float(x)) => Ok(*x),
+        Some(toml::Value::Integer(n)) => Ok(*n as f64),
+        Some(other) => Err(wrong(format!(
+            "{key}: expected degrees, got {}",
+            shown(other)
+        ))),
+    };
+    let event = match table.get("event") {
+        None => return Err(wrong("event: is missing".into())),
+        Some(toml::Value::String(name)) => name.parse().map_err(|e| wrong(format!("{e}")))?,
+        Some(other) => {
+            return Err(wrong(format!(
+                "event: expected a name, got {}",
+                shown(other)
+            )))
+        }
+    };
+    // SolarError's messages start with the key at fault (`lat: 95 is out of range ...`).
+    Solar::new(event, degrees("lat")?, degrees("lon")?).map_err(|e| wrong(e.to_string()))
 }
 
 fn options(fields: &Fields<'_>) -> Result<EntryOptions, FileError> {
@@ -365,6 +414,10 @@ x = 1
             name = "nightly"
             task = "reports.build"
             cron = "30 2 * * mon-fri"
+            [[entry]]
+            name = "dawn"
+            task = "lights.off"
+            solar = { event = "dawn_civil", lat = 59.3, lon = 18 }
             "#,
         )
         .unwrap();
@@ -383,6 +436,14 @@ x = 1
         );
         assert!(matches!(tick.schedule, Schedule::Interval(i) if i.every.as_secs() == 1));
         assert!(matches!(file.entries[1].schedule, Schedule::Crontab(_)));
+        assert_eq!(
+            file.entries[2].schedule,
+            Schedule::solar("dawn_civil", 59.3, 18.0).unwrap()
+        );
+        assert_eq!(
+            file.entries[2].schedule.to_string(),
+            "solar dawn_civil at 59.3, 18"
+        );
     }
 
     #[test]
@@ -452,6 +513,70 @@ x = 1
                 every = "1s"
                 priority = 12"#,
                 r#"entry "t": priority: expected 0 to 9"#,
+            ),
+            (
+                r#"[[entry]]
+                name = "t"
+                task = "x"
+                solar = { event = "noon", lat = 1, lon = 2 }"#,
+                r#"entry "t": solar: event: unknown event "noon" (expected one of dawn_astronomical, dawn_nautical, dawn_civil, sunrise, solar_noon, sunset, dusk_civil, dusk_nautical, dusk_astronomical)"#,
+            ),
+            (
+                r#"[[entry]]
+                name = "t"
+                task = "x"
+                solar = { event = "sunrise", lat = 95, lon = 2 }"#,
+                r#"entry "t": solar: lat: 95 is out of range -90..90"#,
+            ),
+            (
+                r#"[[entry]]
+                name = "t"
+                task = "x"
+                solar = { event = "sunrise", lat = 9, lon = -200.5 }"#,
+                r#"entry "t": solar: lon: -200.5 is out of range -180..180"#,
+            ),
+            (
+                r#"[[entry]]
+                name = "t"
+                task = "x"
+                solar = { event = "sunrise", lon = 2 }"#,
+                r#"entry "t": solar: lat: is missing"#,
+            ),
+            (
+                r#"[[entry]]
+                name = "t"
+                task = "x"
+                solar = { lat = 1, lon = 2 }"#,
+                r#"entry "t": solar: event: is missing"#,
+            ),
+            (
+                r#"[[entry]]
+                name = "t"
+                task = "x"
+                solar = { event = "sunrise", lat = 1, lon = 2, alt = 3 }"#,
+                r#"entry "t": solar: alt: unknown field"#,
+            ),
+            (
+                r#"[[entry]]
+                name = "t"
+                task = "x"
+                solar = { event = "sunrise", lat = "north", lon = 2 }"#,
+                r#"entry "t": solar: lat: expected degrees, got "north""#,
+            ),
+            (
+                r#"[[entry]]
+                name = "t"
+                task = "x"
+                solar = "sunrise""#,
+                r#"entry "t": solar: expected a table"#,
+            ),
+            (
+                r#"[[entry]]
+                name = "t"
+                task = "x"
+                solar = { event = "sunrise", lat = 1, lon = 2 }
+                relative = true"#,
+                r#"entry "t": relative: applies to `every` only"#,
             ),
         ];
         for (text, expected) in cases {

@@ -3,12 +3,15 @@
 //! that sends them ([`scheduler`]), safe to run on every node: a leader lease in the
 //! broker's store makes one process send each tick.
 //!
-//! Two kinds, as in Celery 5.7's `celery.schedules`:
+//! Three kinds, as in Celery 5.7's `celery.schedules`:
 //!
 //! * [`Interval`], Celery's `schedule(run_every, relative)`: due every so long since the
 //!   last run, parsed from `"30s"`, `"1h30m"`, `"2.5"`, ...
 //! * [`Crontab`], Celery's `crontab(minute, hour, day_of_week, day_of_month,
 //!   month_of_year)`, with Celery's field grammar, or the cron string `"m h dom mon dow"`.
+//! * [`Solar`], Celery's `solar(event, lat, lon)`: due at each sunrise, sunset, dawn, dusk
+//!   or solar noon at a place, from `"sunrise 59.3 18.1"` (how it is computed is on
+//!   [`solar`]).
 //!
 //! An [`Entry`] is one periodic task (a task name, its arguments and options, its
 //! schedule); a [`ScheduleFile`] reads them from TOML (the format is on [`file`]).
@@ -39,6 +42,7 @@ pub mod file;
 pub mod interval;
 mod local;
 pub mod scheduler;
+pub mod solar;
 
 use chrono::{DateTime, Utc};
 
@@ -51,12 +55,14 @@ pub use interval::{format_duration, parse_duration, Interval, IntervalError};
 pub use scheduler::{
     schedule_text, Beat, BeatConfig, BeatError, BeatHandle, Clock, Engines, Missed, SystemClock,
 };
+pub use solar::{Solar, SolarError, SolarEvent};
 
 /// A periodic task's schedule.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Schedule {
     Interval(Interval),
     Crontab(Crontab),
+    Solar(Solar),
 }
 
 impl Schedule {
@@ -70,6 +76,12 @@ impl Schedule {
         text.parse::<Crontab>().map(Schedule::Crontab)
     }
 
+    /// A solar schedule: `event` (Celery's name, `"sunrise"`) seen from latitude `lat` and
+    /// longitude `lon`, in degrees north and east.
+    pub fn solar(event: &str, lat: f64, lon: f64) -> Result<Schedule, SolarError> {
+        Solar::new(event.parse()?, lat, lon).map(Schedule::Solar)
+    }
+
     /// When the entry is next due, given its last run, the time now and the app's time
     /// zone. Never before `now`: a due time that passed while beat was not looking means
     /// due at once, and once only (Celery runs a missed entry once, not once per missed
@@ -78,16 +90,19 @@ impl Schedule {
         match self {
             Schedule::Interval(interval) => interval.next_after_in(last_run, now, tz),
             Schedule::Crontab(crontab) => crontab.next_fire_after(last_run, tz).max(now),
+            // The Sun keeps UTC: the app's zone plays no part.
+            Schedule::Solar(solar) => solar.next_after(last_run).max(now),
         }
     }
 }
 
-/// `every 1s`, `every 1h (relative)`, `cron */5 * * * *`.
+/// `every 1s`, `every 1h (relative)`, `cron */5 * * * *`, `solar sunrise at 59.3, 18.1`.
 impl std::fmt::Display for Schedule {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Schedule::Interval(interval) => interval.fmt(f),
             Schedule::Crontab(crontab) => write!(f, "cron {crontab}"),
+            Schedule::Solar(solar) => solar.fmt(f),
         }
     }
 }
@@ -101,6 +116,12 @@ impl From<Interval> for Schedule {
 impl From<Crontab> for Schedule {
     fn from(crontab: Crontab) -> Self {
         Schedule::Crontab(crontab)
+    }
+}
+
+impl From<Solar> for Schedule {
+    fn from(solar: Solar) -> Self {
+        Schedule::Solar(solar)
     }
 }
 
@@ -129,5 +150,13 @@ mod tests {
             Utc.with_ymd_and_hms(2025, 1, 15, 12, 30, 0).unwrap()
         );
         assert_eq!(hourly.next_after(last, now, tz), now);
+        let sunrise = Schedule::solar("sunrise", 59.33, 18.07).unwrap();
+        assert_eq!(sunrise.to_string(), "solar sunrise at 59.33, 18.07");
+        let next = sunrise.next_after(last, last, tz);
+        // 2025-01-16's sunrise in Stockholm, 08:28:30 CET by Celery with ephem.
+        let ephem = Utc.with_ymd_and_hms(2025, 1, 16, 7, 28, 30).unwrap();
+        assert!((next - ephem).num_seconds().abs() < 10, "{next}");
+        assert_eq!(sunrise.next_after(last, now, tz), now);
+        assert!(Schedule::solar("noon", 0.0, 0.0).is_err());
     }
 }

@@ -2,12 +2,17 @@
 //!
 //! `tests/interop/beat_table.py` prints what Celery computes (the next run of 35 crontabs
 //! from 13 instants in UTC, Stockholm, New York and Lord Howe, chains of runs across DST
-//! transitions, relative and plain intervals, and how field specs expand); each test here
+//! transitions, relative and plain intervals, the next of each of the 9 solar events at 5
+//! places from 7 instants of the year, and how field specs expand); each test here
 //! asks celeriac the same and prints every disagreement before failing.
 //!
 //! The interpreter is `$CELERIAC_PYTHON`, else the workspace's `.venv/bin/python` (which
 //! `.ci/run` creates); if neither exists, the tests print "skipped: no Python Celery" and
 //! pass. An interpreter that exists but cannot run the script fails the tests.
+//!
+//! Solar rows agree within 60 s, not exactly: Celery asks `ephem` (install it with
+//! `pip install ephem==4.2`, as `.ci/run` does) for the Sun, celeriac a lower-precision
+//! theory of its own (see `celeriac_beat::solar`); the test prints the largest difference.
 //!
 //! One kind of row is expected to differ, and is checked against the documented rule
 //! instead: a last run in the *second* pass of a fall-back hour (02:15 CET on 2025-10-26 in
@@ -25,7 +30,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use celeriac_beat::{Crontab, FieldKind, Interval, Tz};
+use celeriac_beat::{Crontab, FieldKind, Interval, Solar, Tz};
 use chrono::{DateTime, DurationRound, LocalResult, TimeDelta, TimeZone, Utc};
 use serde_json::Value;
 
@@ -234,6 +239,39 @@ fn interval_due_time_matches_celery() {
         }
     }
     report("interval", interval_rows.len(), &bad);
+}
+
+#[test]
+fn solar_next_event_matches_celery_within_a_minute() {
+    const TOLERANCE: TimeDelta = TimeDelta::seconds(60);
+    let Some(table) = table() else { return };
+    let (mut bad, mut worst) = (Vec::new(), (TimeDelta::zero(), String::new()));
+    let solar_rows = rows(table, "solar");
+    for row in solar_rows {
+        let number = |k| {
+            row[k]
+                .as_f64()
+                .unwrap_or_else(|| panic!("no {k:?} in {row}"))
+        };
+        let event = text(row, "event").parse().expect("event");
+        let solar = Solar::new(event, number("lat"), number("lon")).expect("in range");
+        let (after, celery) = (instant(row, "after"), instant(row, "next"));
+        let ours = solar.next_after(after);
+        let off = (ours - celery).abs();
+        if off > worst.0 {
+            worst = (off, format!("{row}: celeriac {ours}"));
+        }
+        if off > TOLERANCE {
+            bad.push(format!(
+                "{row}: celeriac says {ours}, {} s off",
+                off.num_seconds()
+            ));
+        }
+    }
+    let (off, at) = worst;
+    let seconds = off.num_milliseconds() as f64 / 1000.0;
+    eprintln!("solar: largest difference from Celery (ephem) {seconds:.3} s, at {at}");
+    report("solar", solar_rows.len(), &bad);
 }
 
 #[test]
