@@ -78,6 +78,10 @@ fn wait_until(what: &str, limit: Duration, mut condition: impl FnMut() -> bool) 
 }
 
 fn ticks_sent(broker: &str) -> u64 {
+    ticks_in(broker, "beat-ticks")
+}
+
+fn ticks_in(broker: &str, queue: &str) -> u64 {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         let app = celeriac::App::builder("beat-test")
@@ -85,10 +89,7 @@ fn ticks_sent(broker: &str) -> u64 {
             .build();
         let broker = app.broker().await.unwrap();
         let stats = broker.queue_stats().expect("queue stats");
-        let lengths = stats
-            .queue_lengths(&["beat-ticks".to_string()])
-            .await
-            .unwrap();
+        let lengths = stats.queue_lengths(&[queue.to_string()]).await.unwrap();
         let _ = app.close().await;
         lengths
             .iter()
@@ -198,4 +199,31 @@ fn a_killed_leader_on_redis_is_replaced_within_the_ttl() {
     if let Some(url) = redis_url("kill") {
         a_killed_leader_is_replaced_within_the_ttl(&url);
     }
+}
+
+/// An edited schedule file reaches the running beat: the new entry starts, the unchanged
+/// one goes on.
+#[test]
+fn an_edited_schedule_file_is_picked_up_while_beat_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = sqlite_url(dir.path());
+    let beat = spawn_beat(dir.path(), &broker, "beat-edit", "10");
+    wait_until("the first ticks", Duration::from_secs(20), || {
+        ticks_sent(&broker) >= 2
+    });
+    let edited = format!(
+        "{SCHEDULE}\n[[entry]]\nname = \"added\"\ntask = \"tests.added\"\nevery = \"1s\"\nqueue = \"beat-added\"\n"
+    );
+    std::fs::write(dir.path().join("schedule.toml"), edited).unwrap();
+    let before = ticks_sent(&broker);
+    wait_until("the added entry's ticks", Duration::from_secs(20), || {
+        ticks_in(&broker, "beat-added") >= 2
+    });
+    let log = beat.log();
+    beat.stop();
+    assert!(
+        ticks_sent(&broker) > before,
+        "the unchanged entry stopped: {log}"
+    );
+    assert!(log.contains("schedule reloaded (2 entries)"), "{log}");
 }
