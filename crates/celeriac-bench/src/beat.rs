@@ -75,7 +75,7 @@ pub(crate) async fn run(
         crate::peak_rss_kib(beat.id()),
         crate::status_kib(beat.id(), "VmRSS:"),
     );
-    stop(&mut beat);
+    crate::stop(&mut beat);
     consumer.close().await?;
     let _ = std::fs::remove_dir_all(&dir);
     report(
@@ -173,12 +173,6 @@ fn spawn_beat(url: &str, backend: &str, schedule: &std::path::Path) -> std::io::
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
-}
-
-fn stop(child: &mut Child) {
-    // SAFETY: kill only sends a signal to our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let _ = child.wait();
 }
 
 fn tempdir() -> std::io::Result<std::path::PathBuf> {

@@ -108,6 +108,7 @@ fn three_beats_send_each_tick_once(broker: &str) {
     wait_until("a leader", Duration::from_secs(20), || {
         beats.iter().any(BeatProcess::leads)
     });
+    // The 12 s are the measurement itself, not a wait for something to happen.
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(12) {
         std::thread::sleep(Duration::from_millis(100));
@@ -135,13 +136,17 @@ fn a_killed_leader_is_replaced_within_the_ttl(broker: &str) {
     let leader = beats.iter().position(BeatProcess::leads).unwrap();
     let mut dead = beats.remove(leader);
     let follower = beats.pop().unwrap();
-    std::thread::sleep(Duration::from_millis(2500));
+    wait_until("the leader's first ticks", Duration::from_secs(20), || {
+        ticks_sent(broker) >= 2
+    });
     dead.child.kill().unwrap();
     let killed = Instant::now();
     let _ = dead.child.wait();
     let sent_before = ticks_sent(broker);
     let takeover = wait_until("the takeover", Duration::from_secs(10), || follower.leads());
-    std::thread::sleep(Duration::from_millis(3000));
+    wait_until("ticks from the new leader", Duration::from_secs(20), || {
+        ticks_sent(broker) - sent_before >= 3
+    });
     let elapsed = killed.elapsed().as_secs_f64();
     let sent_after = ticks_sent(broker) - sent_before;
     let log = follower.log();

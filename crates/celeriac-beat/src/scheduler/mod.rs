@@ -24,7 +24,7 @@ mod due;
 mod lease;
 mod tick;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -172,8 +172,6 @@ impl Beat {
 #[derive(Default)]
 struct Status {
     leading: AtomicBool,
-    sent: AtomicU64,
-    took_over: AtomicU64,
 }
 
 enum Control {
@@ -191,16 +189,6 @@ pub struct BeatHandle {
 impl BeatHandle {
     pub fn leading(&self) -> bool {
         self.status.leading.load(Ordering::SeqCst)
-    }
-
-    /// Ticks this process sent.
-    pub fn sent(&self) -> u64 {
-        self.status.sent.load(Ordering::SeqCst)
-    }
-
-    /// How many times this process became leader.
-    pub fn times_led(&self) -> u64 {
-        self.status.took_over.load(Ordering::SeqCst)
     }
 
     /// Replaces the schedule: unchanged entries keep their next run, changed and new ones
@@ -333,7 +321,6 @@ impl Runner {
         );
         self.queue = Some(queue);
         self.status.leading.store(true, Ordering::SeqCst);
-        self.status.took_over.fetch_add(1, Ordering::SeqCst);
     }
 
     fn step_down(&mut self, why: &str) {
@@ -417,10 +404,7 @@ impl Runner {
         let count = publishes.len() as u64;
         loop {
             match self.engines.broker.publish_batch(publishes.clone()).await {
-                Ok(()) => {
-                    self.status.sent.fetch_add(count, Ordering::SeqCst);
-                    return tracing::debug!("beat: sent {count} ticks");
-                }
+                Ok(()) => return tracing::debug!("beat: sent {count} ticks"),
                 Err(e) if held.trusted(self.clock.now()) => {
                     tracing::warn!("beat: sending {count} ticks failed, trying again: {e}");
                     let retry = after(self.clock.now(), Duration::from_millis(500));
