@@ -122,6 +122,52 @@ async fn all_client_ids(c: &mut redis::aio::MultiplexedConnection) -> Vec<String
     client_ids(c, &[]).await
 }
 
+/// How long a test waits for Redis to show what a spawned waiter has done.
+const SETTLE: Duration = Duration::from_secs(5);
+
+/// Waits until `channel` has `n` subscribers (PUBSUB NUMSUB), failing after `SETTLE`.
+async fn until_subscribed(c: &mut redis::aio::MultiplexedConnection, channel: &str, n: i64) {
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let numsub: Vec<(String, i64)> = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg(channel)
+            .query_async(c)
+            .await
+            .unwrap();
+        let now = numsub.first().map_or(0, |(_, count)| *count);
+        if now == n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{channel} has {now} subscribers, not {n}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Waits until a pub/sub connection that is not in `before` appears, failing after
+/// `SETTLE`; returns every such connection.
+async fn new_pubsub_clients(
+    c: &mut redis::aio::MultiplexedConnection,
+    before: &[String],
+) -> Vec<String> {
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let new: Vec<String> = pubsub_client_ids(c)
+            .await
+            .into_iter()
+            .filter(|id| !before.contains(id))
+            .collect();
+        if !new.is_empty() {
+            return new;
+        }
+        assert!(Instant::now() < deadline, "no new pub/sub connection");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 async fn client_ids(c: &mut redis::aio::MultiplexedConnection, filter: &[&str]) -> Vec<String> {
     let list: String = redis::cmd("CLIENT")
         .arg("LIST")
@@ -433,7 +479,8 @@ async fn wait_wakes_when_another_connection_stores_the_result() {
         let (waiter, id) = (waiter.clone(), id.clone());
         tokio::spawn(async move { waiter.wait(&id, Duration::from_secs(20)).await })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut raw = raw_conn(&url).await;
+    until_subscribed(&mut raw, &format!("celery-task-meta-{id}"), 1).await;
     assert!(!task.is_finished());
     writer
         .store(&meta(&id, TaskState::Started, json!({})), None)
@@ -505,15 +552,21 @@ async fn concurrent_waiters_share_one_pubsub_connection_and_unsubscribe() {
             b.wait(&id, Duration::from_secs(20)).await
         }));
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
     let mut raw = raw_conn(&url).await;
-    let channels: Vec<String> = redis::cmd("PUBSUB")
+    let channels: Vec<String> = ids
+        .iter()
+        .map(|id| format!("{prefix}_celery-task-meta-{id}"))
+        .collect();
+    for channel in &channels {
+        until_subscribed(&mut raw, channel, 1).await;
+    }
+    let listed: Vec<String> = redis::cmd("PUBSUB")
         .arg("CHANNELS")
         .arg(format!("{prefix}_celery-task-meta-*"))
         .query_async(&mut raw)
         .await
         .unwrap();
-    assert_eq!(channels.len(), ids.len());
+    assert_eq!(listed.len(), ids.len(), "one channel per task id");
     let numsub: Vec<(String, i64)> = redis::cmd("PUBSUB")
         .arg("NUMSUB")
         .arg(&channels)
@@ -568,12 +621,8 @@ async fn wait_survives_a_killed_pubsub_connection() {
         let (b, id) = (b.clone(), id.clone());
         tokio::spawn(async move { b.wait(&id, Duration::from_secs(20)).await })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let new: Vec<String> = pubsub_client_ids(&mut raw)
-        .await
-        .into_iter()
-        .filter(|c| !before.contains(c))
-        .collect();
+    until_subscribed(&mut raw, &format!("celery-task-meta-{id}"), 1).await;
+    let new = new_pubsub_clients(&mut raw, &before).await;
     assert_eq!(new.len(), 1, "the waiter's pub/sub connection: {new:?}");
     let _: i64 = redis::cmd("CLIENT")
         .arg("KILL")
@@ -728,12 +777,7 @@ async fn dropping_the_backend_closes_its_pubsub_connection() {
         let b = b.clone();
         tokio::spawn(async move { b.wait(&uid(), Duration::from_millis(400)).await })
     };
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let new: Vec<String> = pubsub_client_ids(&mut raw)
-        .await
-        .into_iter()
-        .filter(|c| !before.contains(c))
-        .collect();
+    let new = new_pubsub_clients(&mut raw, &before).await;
     assert_eq!(new.len(), 1, "one pub/sub connection: {new:?}");
     assert_eq!(waiting.await.unwrap().unwrap(), None);
     assert!(

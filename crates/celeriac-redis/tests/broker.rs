@@ -436,9 +436,18 @@ async fn dropped_fetch_future_loses_nothing() {
         .is_err());
     // The message arrives while the abandoned BRPOP is still blocked and is popped by it.
     b.publish(publish("q", "late", None)).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let len: u64 = env.cmd(redis::cmd("LLEN").arg(env.k("q"))).await;
-    assert_eq!(len, 0, "popped by the abandoned fetch");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let len: u64 = env.cmd(redis::cmd("LLEN").arg(env.k("q"))).await;
+        if len == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not popped by the abandoned fetch"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let got = c.fetch(1, Duration::from_secs(2)).await.unwrap();
     assert_eq!(ids(&got), ["late"], "the next fetch returns it");
     c.ack(&[got[0].tag.clone()]).await.unwrap();
@@ -665,14 +674,22 @@ async fn resumes_consuming_after_client_kill() {
         let c = c.clone();
         async move { c.fetch(1, Duration::from_secs(3)).await }
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let list: String = env.cmd(redis::cmd("CLIENT").arg("LIST")).await;
+    let name = format!("name={}", b.client_name());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let list = loop {
+        let list: String = env.cmd(redis::cmd("CLIENT").arg("LIST")).await;
+        let blocked_here = list.lines().any(|l| {
+            l.split(' ').any(|f| f.starts_with(&name)) && l.split(' ').any(|f| f == "cmd=brpop")
+        });
+        if blocked_here {
+            break list;
+        }
+        assert!(Instant::now() < deadline, "the fetch never blocked: {list}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
     let mine: Vec<String> = list
         .lines()
-        .filter(|l| {
-            l.split(' ')
-                .any(|f| f.starts_with(&format!("name={}", b.client_name())))
-        })
+        .filter(|l| l.split(' ').any(|f| f.starts_with(&name)))
         .filter_map(|l| {
             l.split(' ')
                 .find_map(|f| f.strip_prefix("id="))
