@@ -448,14 +448,73 @@ x = 1
 
     #[test]
     fn every_mistake_is_one_line_naming_the_entry_and_the_field() {
-        let cases = [
+        // Mistakes in one entry named "t" with task "x": the fields after those two.
+        let in_entry_t = [
             (
-                r#"[[entry]]
-                name = "t"
-                task = "x"
-                cron = "0 25 * * *""#,
+                r#"cron = "0 25 * * *""#,
                 r#"entry "t": cron: hour: "#,
             ),
+            (
+                r#"every = "1s"
+                cron = "* * * * *""#,
+                r#"entry "t": give one of every, cron or solar, not every and cron"#,
+            ),
+            (
+                r#"every = "soon""#,
+                r#"entry "t": every: interval "soon""#,
+            ),
+            (
+                r#"evry = "1s""#,
+                r#"entry "t": evry: unknown field"#,
+            ),
+            (
+                r#"every = "1s"
+                priority = 12"#,
+                r#"entry "t": priority: expected 0 to 9"#,
+            ),
+            (
+                r#"solar = { event = "noon", lat = 1, lon = 2 }"#,
+                r#"entry "t": solar: event: unknown event "noon" (expected one of dawn_astronomical, dawn_nautical, dawn_civil, sunrise, solar_noon, sunset, dusk_civil, dusk_nautical, dusk_astronomical)"#,
+            ),
+            (
+                r#"solar = { event = "sunrise", lat = 95, lon = 2 }"#,
+                r#"entry "t": solar: lat: 95 is out of range -90..90"#,
+            ),
+            (
+                r#"solar = { event = "sunrise", lat = 9, lon = -200.5 }"#,
+                r#"entry "t": solar: lon: -200.5 is out of range -180..180"#,
+            ),
+            (
+                r#"solar = { event = "sunrise", lon = 2 }"#,
+                r#"entry "t": solar: lat: is missing"#,
+            ),
+            (
+                r#"solar = { lat = 1, lon = 2 }"#,
+                r#"entry "t": solar: event: is missing"#,
+            ),
+            (
+                r#"solar = { event = "sunrise", lat = 1, lon = 2, alt = 3 }"#,
+                r#"entry "t": solar: alt: unknown field"#,
+            ),
+            (
+                r#"solar = { event = "sunrise", lat = "north", lon = 2 }"#,
+                r#"entry "t": solar: lat: expected degrees, got "north""#,
+            ),
+            (
+                r#"solar = "sunrise""#,
+                r#"entry "t": solar: expected a table"#,
+            ),
+            (
+                r#"solar = { event = "sunrise", lat = 1, lon = 2 }
+                relative = true"#,
+                r#"entry "t": relative: applies to `every` only"#,
+            ),
+        ]
+        .map(|(fields, expected)| {
+            let text = format!("[[entry]]\nname = \"t\"\ntask = \"x\"\n{fields}");
+            (text, expected)
+        });
+        let whole_file = [
             (
                 r#"timezone = "Mars/Olympus""#,
                 r#"timezone: unknown time zone "Mars/Olympus""#,
@@ -484,103 +543,10 @@ x = 1
                 every = "2s""#,
                 r#"duplicate entry name "t" (entries 1 and 2)"#,
             ),
-            (
-                r#"[[entry]]
-                name = "t"
-                task = "x"
-                every = "1s"
-                cron = "* * * * *""#,
-                r#"entry "t": give one of every, cron or solar, not every and cron"#,
-            ),
-            (
-                r#"[[entry]]
-                name = "t"
-                task = "x"
-                every = "soon""#,
-                r#"entry "t": every: interval "soon""#,
-            ),
-            (
-                r#"[[entry]]
-                name = "t"
-                task = "x"
-                evry = "1s""#,
-                r#"entry "t": evry: unknown field"#,
-            ),
-            (
-                r#"[[entry]]
-                name = "t"
-                task = "x"
-                every = "1s"
-                priority = 12"#,
-                r#"entry "t": priority: expected 0 to 9"#,
-            ),
-            (
-                r#"[[entry]]
-                name = "t"
-                task = "x"
-                solar = { event = "noon", lat = 1, lon = 2 }"#,
-                r#"entry "t": solar: event: unknown event "noon" (expected one of dawn_astronomical, dawn_nautical, dawn_civil, sunrise, solar_noon, sunset, dusk_civil, dusk_nautical, dusk_astronomical)"#,
-            ),
-            (
-                r#"[[entry]]
-                name = "t"
-                task = "x"
-                solar = { event = "sunrise", lat = 95, lon = 2 }"#,
-                r#"entry "t": solar: lat: 95 is out of range -90..90"#,
-            ),
-            (
-                r#"[[entry]]
-                name = "t"
-                task = "x"
-                solar = { event = "sunrise", lat = 9, lon = -200.5 }"#,
-                r#"entry "t": solar: lon: -200.5 is out of range -180..180"#,
-            ),
-            (
-                r#"[[entry]]
-                name = "t"
-                task = "x"
-                solar = { event = "sunrise", lon = 2 }"#,
-                r#"entry "t": solar: lat: is missing"#,
-            ),
-            (
-                r#"[[entry]]
-                name = "t"
-                task = "x"
-                solar = { lat = 1, lon = 2 }"#,
-                r#"entry "t": solar: event: is missing"#,
-            ),
-            (
-                r#"[[entry]]
-                name = "t"
-                task = "x"
-                solar = { event = "sunrise", lat = 1, lon = 2, alt = 3 }"#,
-                r#"entry "t": solar: alt: unknown field"#,
-            ),
-            (
-                r#"[[entry]]
-                name = "t"
-                task = "x"
-                solar = { event = "sunrise", lat = "north", lon = 2 }"#,
-                r#"entry "t": solar: lat: expected degrees, got "north""#,
-            ),
-            (
-                r#"[[entry]]
-                name = "t"
-                task = "x"
-                solar = "sunrise""#,
-                r#"entry "t": solar: expected a table"#,
-            ),
-            (
-                r#"[[entry]]
-                name = "t"
-                task = "x"
-                solar = { event = "sunrise", lat = 1, lon = 2 }
-                relative = true"#,
-                r#"entry "t": relative: applies to `every` only"#,
-            ),
-        ];
-        for (text, expected) in cases {
-            let e = parse(text).expect_err(expected);
+        ]
+        .map(|(text, expected)| (text.to_string(), expected));
+        for (text, expected) in in_entry_t.into_iter().chain(whole_file) {
+            let e = parse(&text).expect_err(expected);
             assert!(
                 e.starts_with(expected),
                 "{e:?} should start with {expected:?}"
